@@ -1,0 +1,79 @@
+"""Placement: POST /v1/place on the AI core, and decisions published on `aether.placement`."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from services.schemas.base import BusMessage, StrictBody, UtcDatetime
+
+
+class JobFeatures(BaseModel):
+    """What placement knows of the job."""
+
+    gpus: int = Field(default=1, ge=1)
+    gpu_mem_mb: float = Field(default=1024, ge=0)
+    job_type: str = "batch"
+    model: str | None = None
+    expected_util_pct: float | None = None
+    max_duration_s: float | None = None
+    priority: int = 0
+
+
+class Candidate(BaseModel):
+    """One GPU that passed the hard constraints, with its live state."""
+
+    gpu_uuid: str
+    node: str
+    index: int
+    gpu_model: str = ""
+    mem_total_mb: float
+    mem_used_mb: float = 0
+    mem_free_mb: float = Field(description="free after the memory already reserved by placed jobs")
+    util_gpu_pct: float = 0
+    util_mem_pct: float = 0
+    temp_c: float = 0
+    power_w: float = 0
+    power_limit_w: float = 0
+    sm_clock_mhz: float = 0
+    max_sm_clock_mhz: float = 0
+    throttle_reasons: list[str] = Field(default_factory=list)
+    jobs_running: int = 0
+    job_types: list[str] = Field(default_factory=list, description="types of the jobs already on the GPU")
+    model_resident: bool = False
+    healthy: bool = True
+
+
+class PlacementRequest(StrictBody):
+    v: Literal[1] = 1
+    job_id: str | None = None
+    job: JobFeatures
+    candidates: list[Candidate] = Field(min_length=1, max_length=20000)
+    explain: bool = True
+
+
+class FeatureContribution(BaseModel):
+    feature: str
+    value: float | None
+    contribution: float
+
+
+class PlacementDecision(BusMessage):
+    """The answer of /v1/place, stored in `placements` and published on `aether.placement`."""
+
+    v: Literal[1] = 1
+    job_id: str | None = None
+    chosen_uuid: str
+    chosen_node: str
+    chosen_uuids: list[str] = Field(default_factory=list)
+    policy: Literal["xgboost", "heuristic"] = "xgboost"
+    fallback_reason: str | None = None
+    model_version: str | None = None
+    scores: dict[str, float] = Field(default_factory=dict,
+                                     description="predicted completion time in s per candidate, lower is better")
+    contributions: list[FeatureContribution] = Field(default_factory=list)
+    runner_up_uuid: str | None = None
+    runner_up_contributions: list[FeatureContribution] = Field(default_factory=list)
+    latency_ms: float | None = None
+    time: UtcDatetime | None = None
