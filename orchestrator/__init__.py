@@ -1,0 +1,1 @@
+"""The orchestrator: ingest, cluster state, scheduling, job lifecycle, alerts, HTTP and WebSocket API."""

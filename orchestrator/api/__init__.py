@@ -1,0 +1,1 @@
+"""HTTP and WebSocket routes of the orchestrator, one module per resource."""

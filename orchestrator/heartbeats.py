@@ -1,0 +1,101 @@
+"""Cluster membership: heartbeats update nodes and GPUs; a node silent past the timeout is marked unhealthy."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from nats.aio.msg import Msg
+
+from orchestrator.runtime import DB_DOWN_ERRORS, Runtime
+from services import subjects
+from services.bus import dead_letter, decode
+from services.errors import MalformedMessage
+from services.schemas import Heartbeat
+
+log = logging.getLogger("aether.heartbeats")
+
+UPSERT_NODE = """
+INSERT INTO nodes (name, hostname, agent_version, simulated, interval_s, driver_version, cuda_version,
+                   last_heartbeat, healthy)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, true)
+ON CONFLICT (name) DO UPDATE SET hostname = EXCLUDED.hostname, agent_version = EXCLUDED.agent_version,
+    simulated = EXCLUDED.simulated, interval_s = EXCLUDED.interval_s, driver_version = EXCLUDED.driver_version,
+    cuda_version = EXCLUDED.cuda_version, last_heartbeat = EXCLUDED.last_heartbeat, healthy = true
+"""
+UPSERT_GPU = """
+INSERT INTO gpus (uuid, node, idx, name, mem_total_mb, power_limit_w, pci_bus_id, healthy, last_seen)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now())
+ON CONFLICT (uuid) DO UPDATE SET node = EXCLUDED.node, idx = EXCLUDED.idx, name = EXCLUDED.name,
+    mem_total_mb = EXCLUDED.mem_total_mb, power_limit_w = EXCLUDED.power_limit_w, pci_bus_id = EXCLUDED.pci_bus_id,
+    healthy = EXCLUDED.healthy, last_seen = now()
+"""
+
+
+async def start(rt: Runtime) -> None:
+    async def on_heartbeat(msg: Msg) -> None:
+        try:
+            hb = decode(Heartbeat, msg.data, msg.subject)
+            if subjects.node_of(msg.subject) != hb.node:
+                raise MalformedMessage(f"heartbeat for node {hb.node!r} arrived on {msg.subject}")
+        except MalformedMessage as exc:
+            rt.metrics.bad_heartbeats.inc()
+            log.warning("malformed heartbeat", extra={"subject": msg.subject, "error": exc.message})
+            await dead_letter(rt.nc, "heartbeat", msg.subject, msg.data, exc.message)
+            return
+        rt.metrics.heartbeats.inc()
+        came_up = rt.cluster.apply_heartbeat(hb)
+        if came_up:
+            log.info("node up", extra={"node": hb.node, "gpus": len(hb.gpus)})
+            rt.hub.publish({"type": "nodes", "nodes": [rt.cluster.nodes[hb.node].view()]})
+            for cb in rt.on_node_up:
+                await _safe(cb, hb.node)
+        _update_gauges(rt)
+        if rt.db_ready.is_set():
+            try:
+                await _persist(rt, hb)
+            except DB_DOWN_ERRORS as exc:
+                log.warning("heartbeat not persisted: database unavailable", extra={"node": hb.node,
+                                                                                     "error": repr(exc)})
+
+    await rt.nc.subscribe(subjects.HEARTBEAT_ALL, cb=on_heartbeat)
+    rt.spawn(_watch(rt), "heartbeat-watch")
+
+
+async def _persist(rt: Runtime, hb: Heartbeat) -> None:
+    async with rt.db() as conn, conn.transaction():
+        await conn.execute(UPSERT_NODE, hb.node, hb.hostname, hb.agent_version, hb.simulated, hb.interval_s,
+                           hb.driver_version, hb.cuda_version, hb.time)
+        await conn.executemany(UPSERT_GPU, [(g.uuid, hb.node, g.index, g.name, g.mem_total_mb, g.power_limit_w,
+                                             g.pci_bus_id, g.healthy) for g in hb.gpus])
+
+
+async def _watch(rt: Runtime) -> None:
+    """Once a second: nodes silent past the timeout go unhealthy, their GPUs leave placement."""
+    while True:
+        await asyncio.sleep(1.0)
+        for node in rt.cluster.expire_nodes(rt.settings.heartbeat_timeout_s):
+            log.warning("node stopped heartbeating", extra={"node": node.name,
+                                                            "timeout_s": rt.settings.heartbeat_timeout_s})
+            rt.hub.publish({"type": "nodes", "nodes": [node.view()]})
+            if rt.db_ready.is_set():
+                try:
+                    async with rt.db() as conn:
+                        await conn.execute("UPDATE nodes SET healthy = false WHERE name = $1", node.name)
+                except DB_DOWN_ERRORS:
+                    pass  # the in-memory state is authoritative for placement; the row catches up on return
+            for cb in rt.on_node_down:
+                await _safe(cb, node.name)
+        _update_gauges(rt)
+
+
+def _update_gauges(rt: Runtime) -> None:
+    rt.metrics.nodes_total.set(len(rt.cluster.nodes))
+    rt.metrics.nodes_healthy.set(sum(1 for n in rt.cluster.nodes.values() if n.healthy))
+
+
+async def _safe(cb, node: str) -> None:
+    try:
+        await cb(node)
+    except Exception:
+        log.exception("node callback failed", extra={"node": node})

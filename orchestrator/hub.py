@@ -1,0 +1,69 @@
+"""Fan-out of live events to WebSocket clients: each client has a bounded queue, so a slow one never slows others."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+log = logging.getLogger("aether.hub")
+
+
+class Client:
+    def __init__(self, maxsize: int) -> None:
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize)
+        self.dropped = False
+        self.topics: set[str] = set()  # optional subscriptions, e.g. "job:<id>" for one job's logs
+        self.principal: Any = None
+
+
+class Hub:
+    """`publish` serialises an event once and offers it to every client; a client whose queue is full is
+    dropped (it reconnects and gets a fresh snapshot) instead of making everyone wait."""
+
+    def __init__(self, client_queue: int = 256) -> None:
+        self.client_queue = client_queue
+        self.clients: set[Client] = set()
+        self.snapshot_parts: dict[str, Callable[[], Awaitable[Any]]] = {}
+        self.sent = 0
+        self.dropped_clients = 0
+
+    def connect(self) -> Client:
+        client = Client(self.client_queue)
+        self.clients.add(client)
+        return client
+
+    def disconnect(self, client: Client) -> None:
+        self.clients.discard(client)
+
+    def publish(self, event: dict[str, Any], topic: str | None = None) -> None:
+        if not self.clients:
+            return
+        data = orjson.dumps(event, default=str)
+        for client in list(self.clients):
+            if topic is not None and topic not in client.topics:
+                continue
+            try:
+                client.queue.put_nowait(data)
+                self.sent += 1
+            except asyncio.QueueFull:
+                self._drop(client)
+
+    def _drop(self, client: Client) -> None:
+        client.dropped = True
+        self.clients.discard(client)
+        self.dropped_clients += 1
+        # Wake the sender so it notices and closes the socket.
+        while not client.queue.empty():
+            client.queue.get_nowait()
+        client.queue.put_nowait(None)
+        log.warning("websocket client fell behind and was dropped")
+
+    async def snapshot(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": "snapshot"}
+        for name, part in self.snapshot_parts.items():
+            out[name] = await part()
+        return out
