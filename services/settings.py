@@ -14,7 +14,11 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from services.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
-CREDENTIALS_FILE = Path(os.environ.get("AETHER_CREDENTIALS", ROOT / ".aether" / "credentials.env"))
+
+
+def credentials_path() -> Path:
+    """`.aether/credentials.env` (written by ./setup.sh), or AETHER_CREDENTIALS; read at each load."""
+    return Path(os.environ.get("AETHER_CREDENTIALS", ROOT / ".aether" / "credentials.env"))
 
 # Values people paste from examples; a service refuses to start with one of them as a secret.
 PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "secret", "password", "token", "xxx",
@@ -46,8 +50,9 @@ class _YamlSource(PydanticBaseSettingsSource):
         return {k: v for k, v in self._data.items() if k in self.settings_cls.model_fields}
 
 
-def read_env_file(path: Path = CREDENTIALS_FILE) -> dict[str, str]:
+def read_env_file(path: Path | None = None) -> dict[str, str]:
     """Parse shell `KEY=value` lines (quotes stripped); missing file means no values."""
+    path = path or credentials_path()
     values: dict[str, str] = {}
     try:
         text = path.read_text()
