@@ -9,7 +9,12 @@ from typing import Any, ClassVar
 
 import yaml
 from pydantic import ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from services.errors import ConfigError
 
@@ -67,18 +72,6 @@ def read_env_file(path: Path | None = None) -> dict[str, str]:
     return values
 
 
-class _CredentialsSource(PydanticBaseSettingsSource):
-    def __init__(self, settings_cls: type[BaseSettings]) -> None:
-        super().__init__(settings_cls)
-        self._data = {k.lower(): v for k, v in read_env_file().items()}
-
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return self._data.get(field_name), field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        return {k: v for k, v in self._data.items() if k in self.settings_cls.model_fields}
-
-
 class AetherSettings(BaseSettings):
     """Common settings; each service subclasses it and names its YAML section."""
 
@@ -97,7 +90,8 @@ class AetherSettings(BaseSettings):
                                    dotenv_settings: PydanticBaseSettingsSource,
                                    file_secret_settings: PydanticBaseSettingsSource,
                                    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, _CredentialsSource(settings_cls),
+        # The credentials file is read like a .env file, so field aliases (AETHER_API_TOKEN) work there too.
+        return (init_settings, env_settings, DotEnvSettingsSource(settings_cls, env_file=credentials_path()),
                 _YamlSource(settings_cls, cls.yaml_section))
 
     @field_validator("log_level")
