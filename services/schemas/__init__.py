@@ -2,6 +2,7 @@
 
 from services.schemas.alerts import Alert, AlertSeverity, AlertState
 from services.schemas.base import BusMessage, StrictBody
+from services.schemas.faults import FaultCommand, FaultKind
 from services.schemas.heartbeat import GpuInventory, Heartbeat
 from services.schemas.jobs import (
     FINAL_STATES,
@@ -18,6 +19,7 @@ from services.schemas.placement import (
     Candidate,
     FeatureContribution,
     JobFeatures,
+    ModelUpdated,
     PlacementDecision,
     PlacementRequest,
 )
@@ -33,6 +35,8 @@ __all__ = [
     "Candidate",
     "CommandReply",
     "DispatchCommand",
+    "FaultCommand",
+    "FaultKind",
     "FeatureContribution",
     "GpuInventory",
     "GpuProcess",
@@ -43,6 +47,7 @@ __all__ = [
     "JobState",
     "JobStateEvent",
     "JobSubmitted",
+    "ModelUpdated",
     "PlacementDecision",
     "PlacementRequest",
     "StrictBody",
