@@ -37,7 +37,7 @@ class Service:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         if self.log_path is None:
             self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"aether-{self.module}-{os.getpid()}-{time.time_ns()}.log"
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
+        self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", self.module, *self.args], cwd=ROOT, env=env,
                                      stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
         if health_path and self.port:
