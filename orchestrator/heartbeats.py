@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from nats.aio.msg import Msg
 
@@ -32,7 +33,53 @@ ON CONFLICT (uuid) DO UPDATE SET node = EXCLUDED.node, idx = EXCLUDED.idx, name 
 """
 
 
+class _Writer:
+    """Persists heartbeats off the NATS callback: the latest per node, written only when the node is new, its
+    inventory changed, or `REFRESH_S` passed — a row per heartbeat would queue behind fsync on a big cluster."""
+
+    REFRESH_S = 30.0
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.pending: dict[str, Heartbeat] = {}
+        self.written: dict[str, tuple[float, tuple]] = {}
+        self.wake = asyncio.Event()
+
+    @staticmethod
+    def _shape(hb: Heartbeat) -> tuple:
+        return (hb.agent_version, hb.simulated, hb.interval_s, hb.driver_version,
+                tuple((g.uuid, g.index, g.name, g.mem_total_mb, g.power_limit_w, g.healthy) for g in hb.gpus))
+
+    def offer(self, hb: Heartbeat) -> None:
+        last = self.written.get(hb.node)
+        if last and last[1] == self._shape(hb) and time.monotonic() - last[0] < self.REFRESH_S:
+            return
+        self.pending[hb.node] = hb
+        self.wake.set()
+
+    async def run(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            await self.rt.db_ready.wait()
+            batch, self.pending = self.pending, {}
+            for node, hb in batch.items():
+                try:
+                    await _persist(self.rt, hb)
+                    self.written[node] = (time.monotonic(), self._shape(hb))
+                except DB_DOWN_ERRORS as exc:
+                    log.warning("heartbeat not persisted: database unavailable",
+                                extra={"node": node, "error": repr(exc)})
+                    self.pending.setdefault(node, hb)  # keep the newest; retried on the next wake
+            if self.pending:
+                await asyncio.sleep(1.0)
+                self.wake.set()
+
+
 async def start(rt: Runtime) -> None:
+    writer = _Writer(rt)
+    rt.spawn(writer.run(), "heartbeat-writer")
+
     async def on_heartbeat(msg: Msg) -> None:
         try:
             hb = decode(Heartbeat, msg.data, msg.subject)
@@ -51,12 +98,7 @@ async def start(rt: Runtime) -> None:
             for cb in rt.on_node_up:
                 await _safe(cb, hb.node)
         _update_gauges(rt)
-        if rt.db_ready.is_set():
-            try:
-                await _persist(rt, hb)
-            except DB_DOWN_ERRORS as exc:
-                log.warning("heartbeat not persisted: database unavailable", extra={"node": hb.node,
-                                                                                     "error": repr(exc)})
+        writer.offer(hb)
 
     await rt.nc.subscribe(subjects.HEARTBEAT_ALL, cb=on_heartbeat)
     rt.spawn(_watch(rt), "heartbeat-watch")
@@ -71,9 +113,21 @@ async def _persist(rt: Runtime, hb: Heartbeat) -> None:
 
 
 async def _watch(rt: Runtime) -> None:
-    """Once a second: nodes silent past the timeout go unhealthy, their GPUs leave placement."""
+    """Once a second: nodes silent past the timeout go unhealthy, their GPUs leave placement. While this process
+    is cut off from NATS the silence is ours, not the nodes': nothing expires, and on reconnecting every node gets
+    a full timeout to be heard again (otherwise a NATS restart marks every running job LOST and runs it twice)."""
+    cut_off = False
     while True:
         await asyncio.sleep(1.0)
+        if not rt.nc.is_connected:
+            cut_off = True
+            continue
+        if cut_off:
+            cut_off = False
+            now = time.monotonic()
+            for node in rt.cluster.nodes.values():
+                node.last_heartbeat_mono = max(node.last_heartbeat_mono, now)
+            log.info("nats back: node heartbeat clocks restarted", extra={"nodes": len(rt.cluster.nodes)})
         for node in rt.cluster.expire_nodes(rt.settings.heartbeat_timeout_s):
             log.warning("node stopped heartbeating", extra={"node": node.name,
                                                             "timeout_s": rt.settings.heartbeat_timeout_s})
