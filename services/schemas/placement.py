@@ -77,3 +77,19 @@ class PlacementDecision(BusMessage):
     runner_up_contributions: list[FeatureContribution] = Field(default_factory=list)
     latency_ms: float | None = None
     time: UtcDatetime | None = None
+    # Added by the AI core engineer (optional, additive): why candidates were refused by the hard constraints,
+    # and what the decision was made on (job features, state of the chosen GPUs), kept for learning from outcomes.
+    rejected: dict[str, str] = Field(default_factory=dict, description="gpu_uuid -> why it was not a candidate")
+    job: JobFeatures | None = None
+    chosen_state: list[Candidate] = Field(default_factory=list,
+                                          description="the chosen GPUs' state at decision time")
+
+
+class ModelUpdated(BusMessage):
+    """On `aether.model.updated`: a new placement model version is in the registry; AI cores load it."""
+
+    v: Literal[1] = 1
+    version: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
+    time: UtcDatetime
+    metrics: dict[str, float | int | str | None] = Field(default_factory=dict)
+    source: str | None = None

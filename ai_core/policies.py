@@ -1,0 +1,172 @@
+"""Hard constraints and the heuristic placement policies (random, round-robin, least-utilised, best-fit).
+
+Every policy gives each feasible candidate a score, lower is better; `choose` turns scores into one GPU or,
+for a multi-GPU job, a set of GPUs on one node. The orchestrator's documented fallback is `heuristic_scores`:
+best fit on memory, then least utilised. Imports nothing heavier than numpy, so the orchestrator can use it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+from ai_core.errors import NoFeasibleCandidate
+from ai_core.features import CandidateTable
+from services.schemas.placement import JobFeatures
+
+POLICY_NAMES = ("random", "round_robin", "least_utilised", "best_fit")
+
+
+def feasible_mask(table: CandidateTable, job: JobFeatures) -> np.ndarray:
+    """Hard constraints: the GPU is healthy and its unreserved memory holds the job."""
+    return (table.num["healthy"] > 0) & (table.num["mem_free_mb"] >= float(job.gpu_mem_mb))
+
+
+def rejection_reasons(table: CandidateTable, job: JobFeatures, mask: np.ndarray) -> dict[str, str]:
+    """Why each candidate outside `mask` was refused, in words an operator can act on."""
+    out: dict[str, str] = {}
+    for i in np.flatnonzero(~mask):
+        if table.num["healthy"][i] <= 0:
+            out[table.uuids[i]] = "unhealthy"
+        else:
+            out[table.uuids[i]] = (f"needs {job.gpu_mem_mb:.0f} MB, "
+                                   f"{table.num['mem_free_mb'][i]:.0f} MB unreserved")
+    return out
+
+
+def choose(scores: np.ndarray, node_ids: np.ndarray, k: int,
+           agg: Literal["max", "sum"] = "max") -> tuple[np.ndarray, float]:
+    """Positions of the chosen candidate(s) (best first) and the set's score.
+
+    k == 1: the lowest score. k > 1: on each node the k lowest scores form that node's set, valued by `agg`
+    (max: a synchronous multi-GPU job runs at the pace of its slowest GPU; sum: totals such as leftover
+    memory); the node with the lowest set value wins. Ties go to the earlier candidate.
+    """
+    n = len(scores)
+    if n == 0:
+        raise NoFeasibleCandidate("no candidate GPU passes the hard constraints (healthy, fits in free memory)")
+    if k == 1:
+        i = int(np.argmin(scores))
+        return np.array([i]), float(scores[i])
+    order = np.lexsort((np.arange(n), scores, node_ids))  # by node, then score, then position
+    sorted_nodes = node_ids[order]
+    starts = np.flatnonzero(np.r_[True, sorted_nodes[1:] != sorted_nodes[:-1]])
+    ends = np.r_[starts[1:], n]
+    best: tuple[float, int] | None = None
+    for s, e in zip(starts, ends, strict=True):
+        if e - s < k:
+            continue
+        block = scores[order[s:s + k]]
+        value = float(block.max() if agg == "max" else block.sum())
+        if best is None or value < best[0]:
+            best = (value, s)
+    if best is None:
+        raise NoFeasibleCandidate(f"no node has {k} GPUs that pass the hard constraints")
+    return order[best[1]:best[1] + k], best[0]
+
+
+def heuristic_scores(table: CandidateTable, job: JobFeatures) -> np.ndarray:
+    """Best fit on memory, then least utilised: MB left unreserved after placing (whole MB), ties broken by
+    utilisation (util/101 < 1 MB, so it only ever separates equal fits)."""
+    leftover = np.floor(table.num["mem_free_mb"] - float(job.gpu_mem_mb))
+    return leftover + table.num["util_gpu_pct"] / 101.0
+
+
+def best_fit_scores(table: CandidateTable, job: JobFeatures) -> np.ndarray:
+    return heuristic_scores(table, job)
+
+
+def least_utilised_scores(table: CandidateTable, job: JobFeatures) -> np.ndarray:
+    """Lowest GPU utilisation; among equals, the GPU with the most memory unreserved."""
+    total = np.maximum(table.num["mem_total_mb"], 1.0)
+    return table.num["util_gpu_pct"] + 0.01 * (1.0 - table.num["mem_free_mb"] / total)
+
+
+def random_scores(table: CandidateTable, rng: np.random.Generator) -> np.ndarray:
+    return rng.random(len(table))
+
+
+class RoundRobin:
+    """Cycles through GPU positions 0..n-1: the first feasible GPU at or after the cursor."""
+
+    def __init__(self, n_total: int) -> None:
+        self.n_total = max(1, n_total)
+        self.cursor = 0
+
+    def scores(self, positions: np.ndarray) -> np.ndarray:
+        return ((positions - self.cursor) % self.n_total).astype(np.float64)
+
+    def advance(self, chosen_positions: np.ndarray) -> None:
+        self.cursor = (int(np.max(chosen_positions)) + 1) % self.n_total
+
+
+SET_AGG: dict[str, Literal["max", "sum"]] = {"random": "max", "round_robin": "sum", "least_utilised": "sum",
+                                             "best_fit": "sum", "heuristic": "sum", "xgboost": "max"}
+
+
+class Policy:
+    """A placement policy the simulator can run: scores for the feasible candidates, then `choose`."""
+
+    name = "policy"
+
+    def scores(self, job: JobFeatures, table: CandidateTable, positions: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def select(self, job: JobFeatures, table: CandidateTable, positions: np.ndarray) -> np.ndarray:
+        """Positions in `table` of the GPU(s) chosen for `job`; `positions` are the GPUs' cluster-wide indices."""
+        idx, _ = choose(self.scores(job, table, positions), table.node_ids, job.gpus, SET_AGG.get(self.name, "max"))
+        self.placed(positions[idx])
+        return idx
+
+    def placed(self, chosen_positions: np.ndarray) -> None:
+        """Hook for stateful policies (round-robin's cursor)."""
+
+
+class RandomPolicy(Policy):
+    name = "random"
+
+    def __init__(self, seed: int = 0) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    def scores(self, job, table, positions):
+        return random_scores(table, self.rng)
+
+
+class RoundRobinPolicy(Policy):
+    name = "round_robin"
+
+    def __init__(self, n_total: int) -> None:
+        self.rr = RoundRobin(n_total)
+
+    def scores(self, job, table, positions):
+        return self.rr.scores(positions)
+
+    def placed(self, chosen_positions):
+        self.rr.advance(chosen_positions)
+
+
+class LeastUtilisedPolicy(Policy):
+    name = "least_utilised"
+
+    def scores(self, job, table, positions):
+        return least_utilised_scores(table, job)
+
+
+class BestFitPolicy(Policy):
+    name = "best_fit"
+
+    def scores(self, job, table, positions):
+        return best_fit_scores(table, job)
+
+
+def make_policy(name: str, *, n_gpus: int, seed: int = 0) -> Policy:
+    if name == "random":
+        return RandomPolicy(seed)
+    if name == "round_robin":
+        return RoundRobinPolicy(n_gpus)
+    if name == "least_utilised":
+        return LeastUtilisedPolicy()
+    if name == "best_fit":
+        return BestFitPolicy()
+    raise ValueError(f"unknown policy {name!r}; known: {', '.join(POLICY_NAMES)}")

@@ -1,0 +1,201 @@
+"""The orchestrator's placement client: asks the AI core, falls back to a documented heuristic, records decisions.
+
+Fallback heuristic (used when the AI core has no model, cannot be reached, times out or errs): among the
+candidates that pass the hard constraints (healthy, fits in unreserved memory), best fit on memory - the GPU
+left with the least unreserved memory after placing - then least utilised; for a multi-GPU job, the node whose
+best-fitting GPUs leave the least memory over in total. The decision says `policy="heuristic"` and why, in
+`fallback_reason`: NO_MODEL, TIMEOUT, UNREACHABLE, CIRCUIT_OPEN or AI_CORE_ERROR <status> <code>.
+
+After a few consecutive transport failures the client stops calling the AI core for a short while (circuit
+breaker), so an AI core that is down costs the scheduler no timeouts; one probe call then tests it again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import httpx
+import numpy as np
+from pydantic import ValidationError
+
+from ai_core.errors import NoFeasibleCandidate
+from ai_core.features import table_from_candidates
+from ai_core.policies import SET_AGG, choose, feasible_mask, heuristic_scores, rejection_reasons
+from orchestrator.errors import ResourceExhausted
+from services import subjects
+from services.schemas.base import utcnow
+from services.schemas.placement import Candidate, JobFeatures, PlacementDecision, PlacementRequest
+
+log = logging.getLogger("aether.placement")
+
+DEFAULT_TIMEOUT_S = 0.5
+FAILURES_TO_OPEN = 3
+OPEN_FOR_S = 5.0
+
+_INSERT = """
+INSERT INTO placements (job_id, time, policy, fallback_reason, model_version, chosen_uuid, chosen_node, chosen_uuids,
+                        runner_up_uuid, candidates, scores, contributions, runner_up_contributions, rejected,
+                        latency_ms, job_features, chosen_state)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb, $12::jsonb, $13::jsonb, $14::jsonb, $15, $16::jsonb,
+        $17::jsonb)
+RETURNING id
+"""
+
+
+def heuristic_decision(job_id: str | None, job: JobFeatures, candidates: list[Candidate],
+                       reason: str | None) -> PlacementDecision:
+    """The documented fallback. Raises ResourceExhausted when no candidate (or no node with enough) fits."""
+    t0 = time.perf_counter()
+    table = table_from_candidates(candidates)
+    mask = feasible_mask(table, job)
+    rejected = rejection_reasons(table, job, mask) if not mask.all() else {}
+    if not mask.all():
+        table = table.take(np.flatnonzero(mask))
+    scores = heuristic_scores(table, job)
+    try:
+        idx, _ = choose(scores, table.node_ids, job.gpus, SET_AGG["heuristic"])
+    except NoFeasibleCandidate as exc:
+        raise ResourceExhausted(exc.message, job_id=job_id, details={"candidates": len(candidates)}) from None
+    chosen = [table.uuids[i] for i in idx]
+    others = np.ones(len(scores), dtype=bool)
+    others[idx] = False
+    runner_up = table.uuids[int(np.flatnonzero(others)[np.argmin(scores[others])])] if others.any() else None
+    return PlacementDecision(
+        job_id=job_id, chosen_uuid=chosen[0], chosen_node=table.nodes[int(idx[0])], chosen_uuids=chosen,
+        policy="heuristic", fallback_reason=reason, model_version=None,
+        scores=dict(zip(table.uuids, np.round(scores, 3).tolist(), strict=True)), runner_up_uuid=runner_up,
+        rejected=rejected, latency_ms=round((time.perf_counter() - t0) * 1000.0, 3), time=utcnow())
+
+
+class Placer:
+    """Decides where a job goes. Give it an httpx client (shared, keep-alive) or a base URL, and optionally the
+    asyncpg pool and NATS client used by `record`."""
+
+    def __init__(self, base_url: str | None = None, *, http: httpx.AsyncClient | None = None, pool: Any = None,
+                 nc: Any = None, timeout_s: float = DEFAULT_TIMEOUT_S, failures_to_open: int = FAILURES_TO_OPEN,
+                 open_for_s: float = OPEN_FOR_S, explain: bool = True) -> None:
+        if http is None and base_url is None:
+            raise ValueError("give the AI core's base URL or an httpx client")
+        self.base_url = (base_url or str(http.base_url)).rstrip("/")
+        self._own_http = http is None
+        self.http = http or httpx.AsyncClient(timeout=timeout_s, limits=httpx.Limits(max_keepalive_connections=32))
+        self.pool = pool
+        self.nc = nc
+        self.timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, 0.25))
+        self.failures_to_open = failures_to_open
+        self.open_for_s = open_for_s
+        self.explain = explain
+        self._failures = 0
+        self._open_until = 0.0
+        self.fallbacks: dict[str, int] = {}
+
+    async def aclose(self) -> None:
+        if self._own_http:
+            await self.http.aclose()
+
+    # --- deciding -----------------------------------------------------------------------------------------
+    async def place(self, job_id: str, job: JobFeatures, candidates: list[Candidate]) -> PlacementDecision:
+        """The AI core's decision, or the heuristic's with the reason. Raises ResourceExhausted only when no
+        candidate can take the job at all."""
+        if not candidates:
+            raise ResourceExhausted("no candidate GPUs for this job", job_id=job_id)
+        decision, reason = await self._ask(job_id, job, candidates)
+        if decision is None:
+            self.fallbacks[reason.split(" ")[0]] = self.fallbacks.get(reason.split(" ")[0], 0) + 1
+            decision = heuristic_decision(job_id, job, candidates, reason)
+        by_uuid = {c.gpu_uuid: c for c in candidates}
+        decision.job = job
+        decision.chosen_state = [by_uuid[u] for u in (decision.chosen_uuids or [decision.chosen_uuid])
+                                 if u in by_uuid]
+        return decision
+
+    async def _ask(self, job_id: str, job: JobFeatures,
+                   candidates: list[Candidate]) -> tuple[PlacementDecision | None, str]:
+        now = time.monotonic()
+        if now < self._open_until:
+            return None, "CIRCUIT_OPEN (AI core failing; retrying in a few seconds)"
+        try:
+            body = PlacementRequest(job_id=job_id, job=job, candidates=candidates, explain=self.explain)
+        except ValidationError as exc:  # e.g. more candidates than the AI core takes in one request
+            return None, f"AI_CORE_ERROR request not sent: {exc.errors()[0]['msg']}"
+        try:
+            resp = await self.http.post(f"{self.base_url}/v1/place", content=body.model_dump_json(),
+                                        headers={"content-type": "application/json"}, timeout=self.timeout)
+        except httpx.TimeoutException:
+            return self._failed("TIMEOUT", job_id)
+        except httpx.TransportError as exc:
+            return self._failed(f"UNREACHABLE ({exc.__class__.__name__})", job_id)
+        if resp.status_code == 200:
+            try:
+                decision = PlacementDecision.model_validate_json(resp.content)
+            except ValidationError as exc:
+                return self._failed(f"AI_CORE_ERROR bad answer: {exc.errors()[0]['msg']}", job_id)
+            self._failures = 0
+            return decision, ""
+        code = _error_code(resp)
+        if code == "NO_MODEL":
+            self._failures = 0  # the service is up and says so quickly: no need to trip the breaker
+            return None, "NO_MODEL"
+        if code == "RESOURCE_EXHAUSTED":
+            self._failures = 0
+            return None, "RESOURCE_EXHAUSTED"  # the heuristic applies the same constraints and will say so
+        return self._failed(f"AI_CORE_ERROR {resp.status_code} {code}", job_id)
+
+    def _failed(self, reason: str, job_id: str) -> tuple[None, str]:
+        self._failures += 1
+        if self._failures >= self.failures_to_open:
+            self._open_until = time.monotonic() + self.open_for_s
+            self._failures = self.failures_to_open - 1  # after the pause, one more failure re-opens it
+            log.warning("AI core failing; placing with the heuristic for a while",
+                        extra={"reason": reason, "pause_s": self.open_for_s, "job_id": job_id})
+        else:
+            log.warning("AI core call failed; heuristic used", extra={"reason": reason, "job_id": job_id})
+        return None, reason
+
+    # --- recording ----------------------------------------------------------------------------------------
+    async def record(self, pool: Any = None, decision: PlacementDecision | None = None, *,
+                     publish: bool = True) -> int:
+        """Store the decision in `placements` (with `pool`: an asyncpg pool or a connection inside the caller's
+        transaction; default the constructor's) and publish it on `aether.placement`. Also callable as
+        `record(decision)`. Returns the row id. A failed publish is logged, never raised: the row is the record."""
+        if isinstance(pool, PlacementDecision):
+            pool, decision = None, pool
+        if decision is None:
+            raise TypeError("record() needs a decision")
+        db = pool if pool is not None else self.pool
+        if db is None:
+            raise ValueError("no database pool to record the placement in")
+        d = decision
+        row_id = await db.fetchval(
+            _INSERT, d.job_id, d.time or utcnow(), d.policy, d.fallback_reason, d.model_version, d.chosen_uuid,
+            d.chosen_node, d.chosen_uuids or [d.chosen_uuid], d.runner_up_uuid, len(d.scores) + len(d.rejected),
+            json.dumps(d.scores), _dump_list(d.contributions), _dump_list(d.runner_up_contributions),
+            json.dumps(d.rejected), d.latency_ms, d.job.model_dump_json() if d.job is not None else None,
+            _dump_list(d.chosen_state) if d.chosen_state else None)
+        if publish:
+            await self.publish(d)
+        return int(row_id)
+
+    async def publish(self, decision: PlacementDecision) -> bool:
+        if self.nc is None:
+            return False
+        try:
+            await self.nc.publish(subjects.PLACEMENT, decision.to_bytes())
+            return True
+        except Exception as exc:  # the bus being away must not lose the decision: it is in the database
+            log.warning("placement not published", extra={"job_id": decision.job_id, "error": repr(exc)})
+            return False
+
+
+def _dump_list(items: list) -> str:
+    return "[" + ",".join(i.model_dump_json() for i in items) + "]"
+
+
+def _error_code(resp: httpx.Response) -> str:
+    try:
+        return str(resp.json().get("code") or resp.status_code)
+    except (ValueError, AttributeError):
+        return str(resp.status_code)
