@@ -1,4 +1,8 @@
--- GPU samples as a TimescaleDB hypertable. One row per (GPU, time): the primary key makes a second copy impossible.
+-- GPU samples as a TimescaleDB hypertable in 1-hour chunks.
+-- One row per (GPU, time): the primary key makes a second copy of a sample impossible, which is what lets ingest
+-- retry a batch without duplicating it. Static properties (PCI bus id, model name) live in `gpus`; a row holds
+-- what changes from tick to tick. Throttle reasons are a bit mask and an empty XID list is NULL: text and integer
+-- arrays cost more to COPY than every other column together.
 CREATE TABLE gpu_samples (
     time              timestamptz NOT NULL,
     gpu_uuid          text NOT NULL,
@@ -10,20 +14,29 @@ CREATE TABLE gpu_samples (
     mem_used_mb       real,
     mem_total_mb      real,
     temp_c            real,
+    mem_temp_c        real,
     power_w           real,
     power_limit_w     real,
+    energy_mj         double precision,
     sm_clock_mhz      real,
     mem_clock_mhz     real,
+    gfx_clock_mhz     real,
     pstate            smallint,
-    throttle_reasons  text[],
     fan_pct           real,
-    energy_mj         double precision,
     ecc_sbe           bigint,
     ecc_dbe           bigint,
+    retired_pages     integer,
+    remapped_rows     integer,
     pcie_tx_kbps      real,
     pcie_rx_kbps      real,
-    xid_errors        integer[],
-    extra             jsonb,
+    bar1_used_mb      real,
+    bar1_total_mb     real,
+    mig_mode          boolean,
+    error             text,
+    throttle_mask     integer NOT NULL DEFAULT 0,  -- NVML clocks-event reason bits (orchestrator/throttle.py)
+    xid_errors        integer[],                   -- XIDs seen since the previous sample; NULL: none
+    processes         jsonb,                       -- [{"pid", "used_mem_mb"}]; NULL: not reported
     PRIMARY KEY (gpu_uuid, time)
 );
+-- create_hypertable also makes the (time DESC) index that time-range scans (aggregate refresh) need.
 SELECT create_hypertable('gpu_samples', by_range('time', INTERVAL '1 hour'));

@@ -58,6 +58,14 @@ async def ensure_stream(js: JetStreamContext, name: str, subject_list: list[str]
     except BadRequestError as exc:
         # 10058: a stream of that name exists with another config: bring it to ours.
         if getattr(exc, "err_code", None) == 10058:
+            # Never shrink the replicas: a client with the default (an agent: replicas=1) must not undo the
+            # redundancy the orchestrator set on a NATS cluster (stream_replicas=3). Scaling down is an operator's
+            # explicit `nats stream edit`.
+            try:
+                current = (await js.stream_info(name)).config.num_replicas or 1
+            except Exception:
+                current = 1
+            cfg.num_replicas = max(cfg.num_replicas or 1, current)
             await js.update_stream(cfg)
         else:
             raise

@@ -1,7 +1,9 @@
-"""FastAPI glue shared by the HTTP services: AetherError -> JSON body with its stable code, validation -> 422."""
+"""FastAPI glue shared by the HTTP services: AetherError -> JSON body with its stable code, validation -> 422,
+URLs carrying NUL bytes refused."""
 
 from __future__ import annotations
 
+import json
 import logging
 
 from fastapi import FastAPI, Request
@@ -13,7 +15,29 @@ from services.errors import AetherError
 log = logging.getLogger("aether.http")
 
 
+class RefuseNulInUrl:
+    """ASGI middleware: a URL whose path or query holds a NUL byte is refused (422 INVALID_REQUEST) before any route
+    runs. No text column, subject or file name can hold one; let through, it reaches PostgreSQL as a 500."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and ("\x00" in scope.get("path", "") or b"%00" in scope.get("query_string", b"")
+                                        or b"\x00" in scope.get("query_string", b"")):
+            body = json.dumps({"code": "INVALID_REQUEST", "message": "the URL holds a NUL byte",
+                               "field": "url"}).encode()
+            await send({"type": "http.response.start", "status": 422,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send)
+
+
 def install_error_handlers(app: FastAPI, *, validation_code: str = "INVALID_REQUEST") -> None:
+    app.add_middleware(RefuseNulInUrl)
+
     @app.exception_handler(AetherError)
     async def _aether(_: Request, exc: AetherError) -> JSONResponse:
         return JSONResponse(exc.to_body(), status_code=exc.http_status)

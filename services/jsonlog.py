@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import traceback
 from datetime import UTC, datetime
@@ -10,6 +11,9 @@ from datetime import UTC, datetime
 import orjson
 
 _STD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime", "taskName"}
+# Credentials in URLs (browsers' EventSource and WebSocket cannot set headers, so `?token=` exists) must not reach a
+# log line, whoever writes it: uvicorn logs every WebSocket handshake with its query string.
+_SECRET_IN_URL = re.compile(r"([?&](?:token|access_token|password)=)[^&\s\"']+", re.IGNORECASE)
 
 
 class JsonFormatter(logging.Formatter):
@@ -23,7 +27,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "service": self.service,
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": _redact(record.getMessage()),
         }
         for key, value in record.__dict__.items():
             if key not in _STD_ATTRS and not key.startswith("_"):
@@ -45,3 +49,7 @@ def configure(service: str, level: str = "INFO") -> None:
         lg.handlers[:] = []
         lg.propagate = True
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+
+
+def _redact(msg: str) -> str:
+    return _SECRET_IN_URL.sub(r"\1[redacted]", msg) if "=" in msg else msg

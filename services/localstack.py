@@ -246,3 +246,79 @@ class Postgres:
         """Create a fresh, empty database; returns its DSN."""
         self.psql(f'CREATE DATABASE "{name}"')
         return self.dsn(name)
+
+
+@dataclass
+class NatsCluster:
+    """`size` nats-servers routed into one cluster on loopback, JetStream on each with its own store; `url` is the
+    comma-separated server list clients take (services.bus.connect splits it). Ports stay fixed across a restart
+    of one server, so the routes and the clients find it again."""
+
+    size: int = 3
+    name: str = "aether-test"
+    servers: list[NatsServer] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return ",".join(s.url for s in self.servers)
+
+    def server_name(self, i: int) -> str:
+        return f"{self.name}-{i}"
+
+    def start(self, timeout: float = 60.0) -> NatsCluster:
+        ports = [free_port() for _ in range(self.size)]
+        route_ports = [free_port() for _ in range(self.size)]
+        http_ports = [free_port() for _ in range(self.size)]
+        for i in range(self.size):
+            routes = ", ".join(f'"nats-route://127.0.0.1:{p}"' for j, p in enumerate(route_ports) if j != i)
+            # Every server lists all the others: any two can form the cluster, in any start order.
+            conf = (f'server_name: "{self.server_name(i)}"\n'
+                    f'cluster {{\n  name: "{self.name}"\n  listen: "127.0.0.1:{route_ports[i]}"\n'
+                    f'  routes: [{routes}]\n}}\n')
+            self.servers.append(NatsServer(port=ports[i], http_port=http_ports[i], config_text=conf))
+        try:
+            for s in self.servers:
+                s.start(timeout)
+            self.wait_ready(timeout)
+        except Exception:
+            self.cleanup()
+            raise
+        return self
+
+    def jsz(self, i: int) -> dict:
+        """The JetStream monitoring report of server `i` (its view of the meta group)."""
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.servers[i].http_port}/jsz", timeout=2) as r:
+            return json.loads(r.read())
+
+    def wait_ready(self, timeout: float = 60.0, servers: list[int] | None = None) -> None:
+        """Wait until each of `servers` (default: all) knows the JetStream meta leader and the leader sees every one
+        of them current (only the leader tracks the others)."""
+        wanted = list(servers) if servers is not None else list(range(self.size))
+
+        def ready() -> bool:
+            leaders = {(self.jsz(i).get("meta_cluster") or {}).get("leader") for i in wanted}
+            if len(leaders) != 1 or not next(iter(leaders)):
+                return False
+            lead = self.index_of(next(iter(leaders)))
+            meta = self.jsz(lead).get("meta_cluster") or {}
+            current = {p["name"] for p in meta.get("replicas") or [] if p.get("current") and not p.get("offline")}
+            return all(i == lead or self.server_name(i) in current for i in wanted)
+
+        wait_for(ready, timeout, f"JetStream meta group ready on {[self.server_name(i) for i in wanted]}", 0.2)
+
+    def index_of(self, server_name: str) -> int:
+        return next(i for i in range(self.size) if self.server_name(i) == server_name)
+
+    def kill(self, i: int) -> None:
+        """SIGKILL server `i`, as a crash would."""
+        self.servers[i].stop(signal.SIGKILL)
+
+    def restart(self, i: int, timeout: float = 60.0) -> None:
+        """Start server `i` again on the same ports and store."""
+        self.servers[i].start(timeout)
+
+    def cleanup(self) -> None:
+        for s in self.servers:
+            s.cleanup()

@@ -104,8 +104,16 @@ class JobSpec(StrictBody):
     def _requirements(cls, v: list[str]) -> list[str]:
         for line in v:
             # pip options (-r, --index-url, -e ...) could fetch from anywhere or read local files.
-            if not line.strip() or line.lstrip().startswith("-") or len(line) > 256 or "\n" in line:
+            if not line.strip() or line.lstrip().startswith("-") or len(line) > 256 or "\n" in line or "\x00" in line:
                 raise ValueError(f"requirement {line!r} must be a plain requirement specifier")
+        return v
+
+    @field_validator("model", "image", "script")
+    @classmethod
+    def _no_nul(cls, v: str | None) -> str | None:
+        # PostgreSQL text and jsonb cannot hold NUL: refuse it here, naming the field, not as a failed insert.
+        if v is not None and "\x00" in v:
+            raise ValueError("must not contain NUL bytes")
         return v
 
     @field_validator("env")

@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
 from services.schemas.base import BusMessage, StrictBody, UtcDatetime
+
+# Far above any real GPU reading and well inside float32, the model's feature type: a larger number is refused
+# (422) instead of becoming inf inside XGBoost.
+Reading = Annotated[float, Field(ge=-1e9, le=1e9)]
 
 
 class JobFeatures(BaseModel):
     """What placement knows of the job."""
 
     gpus: int = Field(default=1, ge=1)
-    gpu_mem_mb: float = Field(default=1024, ge=0)
+    gpu_mem_mb: Reading = Field(default=1024, ge=0)
     job_type: str = "batch"
     model: str | None = None
-    expected_util_pct: float | None = None
-    max_duration_s: float | None = None
+    expected_util_pct: Reading | None = None
+    max_duration_s: Reading | None = None
     priority: int = 0
 
 
@@ -28,16 +32,16 @@ class Candidate(BaseModel):
     node: str
     index: int
     gpu_model: str = ""
-    mem_total_mb: float
-    mem_used_mb: float = 0
-    mem_free_mb: float = Field(description="free after the memory already reserved by placed jobs")
-    util_gpu_pct: float = 0
-    util_mem_pct: float = 0
-    temp_c: float = 0
-    power_w: float = 0
-    power_limit_w: float = 0
-    sm_clock_mhz: float = 0
-    max_sm_clock_mhz: float = 0
+    mem_total_mb: Reading
+    mem_used_mb: Reading = 0
+    mem_free_mb: Reading = Field(description="free after the memory already reserved by placed jobs")
+    util_gpu_pct: Reading = 0
+    util_mem_pct: Reading = 0
+    temp_c: Reading = 0
+    power_w: Reading = 0
+    power_limit_w: Reading = 0
+    sm_clock_mhz: Reading = 0
+    max_sm_clock_mhz: Reading = 0
     throttle_reasons: list[str] = Field(default_factory=list)
     jobs_running: int = 0
     job_types: list[str] = Field(default_factory=list, description="types of the jobs already on the GPU")
