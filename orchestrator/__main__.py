@@ -13,7 +13,7 @@ def main() -> None:
     settings = OrchestratorSettings.load()
     jsonlog.configure("orchestrator", settings.log_level)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None,
-                ws_max_size=1 << 20, timeout_graceful_shutdown=5)
+                ws_max_size=1 << 20, ws_per_message_deflate=settings.ws_compression, timeout_graceful_shutdown=5)
 
 
 if __name__ == "__main__":

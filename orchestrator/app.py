@@ -14,9 +14,16 @@ import httpx
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from orchestrator import heartbeats, ingest
+from orchestrator import dcgm, heartbeats, ingest, partitions
+from orchestrator import jobs as jobs_component
+from orchestrator.alerts import service as alerts
+from orchestrator.api import alerts as alerts_api
+from orchestrator.api import carbon as carbon_api
+from orchestrator.api import jobs as jobs_api
 from orchestrator.api import system, ws
+from orchestrator.api import telemetry as telemetry_api
 from orchestrator.auth import Authenticator
+from orchestrator.carbon import service as carbon
 from orchestrator.cluster import Cluster
 from orchestrator.hub import Hub
 from orchestrator.metrics import OrchestratorMetrics
@@ -30,8 +37,8 @@ log = logging.getLogger("aether.orchestrator")
 
 # Each component module has `async def start(rt)`; routers are listed in ROUTERS. Order matters only in
 # that the database bootstrap runs in the background and components wait for `rt.db_ready` themselves.
-COMPONENTS = [heartbeats, ingest, ws]
-ROUTERS = [system.router, ws.router]
+COMPONENTS = [heartbeats, ingest, ws, alerts, carbon, partitions, dcgm, jobs_component]
+ROUTERS = [system.router, ws.router, alerts_api.router, carbon_api.router, telemetry_api.router, jobs_api.router]
 
 
 async def _bootstrap_db(rt: Runtime) -> None:

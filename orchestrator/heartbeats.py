@@ -71,6 +71,11 @@ class _Writer:
                     log.warning("heartbeat not persisted: database unavailable",
                                 extra={"node": node, "error": repr(exc)})
                     self.pending.setdefault(node, hb)  # keep the newest; retried on the next wake
+                except Exception as exc:
+                    # Valid by the schema but not storable (a value beyond a column's range): this heartbeat is
+                    # lost to the database, not the writer, which must go on storing everyone else's.
+                    log.error("heartbeat not persisted: the database refused it",
+                              extra={"node": node, "error": repr(exc)})
             if self.pending:
                 await asyncio.sleep(1.0)
                 self.wake.set()
@@ -82,6 +87,8 @@ async def start(rt: Runtime) -> None:
 
     async def on_heartbeat(msg: Msg) -> None:
         try:
+            if b"\\u0000" in msg.data:  # valid JSON, but no text column can store it: it would fail every upsert
+                raise MalformedMessage(f"heartbeat on {msg.subject} holds a NUL character")
             hb = decode(Heartbeat, msg.data, msg.subject)
             if subjects.node_of(msg.subject) != hb.node:
                 raise MalformedMessage(f"heartbeat for node {hb.node!r} arrived on {msg.subject}")

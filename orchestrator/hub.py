@@ -16,6 +16,7 @@ class Client:
     def __init__(self, maxsize: int) -> None:
         self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize)
         self.dropped = False
+        self.dropped_event = asyncio.Event()  # lets a sender blocked mid-send notice the drop at once
         self.topics: set[str] = set()  # optional subscriptions, e.g. "job:<id>" for one job's logs
         self.principal: Any = None
 
@@ -54,6 +55,7 @@ class Hub:
 
     def _drop(self, client: Client) -> None:
         client.dropped = True
+        client.dropped_event.set()
         self.clients.discard(client)
         self.dropped_clients += 1
         # Wake the sender so it notices and closes the socket.

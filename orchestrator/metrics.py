@@ -21,6 +21,19 @@ class OrchestratorMetrics:
                                     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
         self.ingest_last_commit = Gauge("aether_ingest_last_commit_timestamp_seconds",
                                         "Unix time of the last committed batch", registry=r)
+        self.ingest_redelivered = Counter("aether_ingest_redelivered_messages_total",
+                                          "Telemetry messages delivered more than once (crash, lost ack, ack wait)",
+                                          registry=r)
+        self.ingest_write_seconds = Histogram("aether_ingest_write_seconds", "One COPY transaction, begin to commit",
+                                              registry=r, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
+                                                                   5, 10))
+        self.ingest_held = Gauge("aether_ingest_held_messages", "Messages received and not yet acked (this replica)",
+                                 registry=r)
+        self.ingest_stream_pending = Gauge("aether_ingest_stream_pending_messages",
+                                           "Telemetry messages in the stream not yet delivered to any replica",
+                                           registry=r)
+        self.ingest_ack_pending = Gauge("aether_ingest_ack_pending_messages",
+                                        "Telemetry messages delivered and not yet acked (all replicas)", registry=r)
         self.heartbeats = Counter("aether_heartbeats_total", "Heartbeats received", registry=r)
         self.bad_heartbeats = Counter("aether_heartbeats_malformed_total", "Malformed heartbeats dead-lettered",
                                       registry=r)

@@ -66,7 +66,15 @@ def _json_or_empty(r) -> dict:
 
 @router.get("/metrics")
 async def metrics(request: Request):
-    return metrics_response(request.app.state.rt.metrics.registry)
+    rt = request.app.state.rt
+    response = metrics_response(rt.metrics.registry)
+    # Components that render exposition text themselves (the per-GPU DCGM gauges: too many samples for
+    # prometheus_client's formatter) list an async callable returning bytes in rt.components["metrics_text"].
+    extra = [await fn() for fn in rt.components.get("metrics_text", [])]
+    if extra:
+        response.body = response.body + b"".join(extra)
+        response.headers["content-length"] = str(len(response.body))
+    return response
 
 
 @router.get("/v1/gpus")

@@ -39,9 +39,23 @@ async def live(ws: WebSocket) -> None:
                 data = await client.queue.get()
                 if data is None:  # dropped for falling behind: close so the browser reconnects and resyncs
                     rt.metrics.ws_dropped.inc()
-                    await ws.close(code=4408, reason="too slow, reconnect")
+                    await _close_quickly(ws)
                     return
-                await ws.send_bytes(data)
+                # A client that stops reading fills the socket buffer and blocks this send; race it against
+                # the hub's drop and a timeout, or the handler would hold the socket long after the drop.
+                send = asyncio.ensure_future(ws.send_bytes(data))
+                dropped = asyncio.ensure_future(client.dropped_event.wait())
+                done, _ = await asyncio.wait({send, dropped}, timeout=SEND_TIMEOUT_S,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                dropped.cancel()
+                if send not in done:
+                    send.cancel()
+                    rt.hub.disconnect(client)
+                    rt.metrics.ws_dropped.inc()
+                    log.warning("websocket client stopped reading; closed")
+                    await _close_quickly(ws)
+                    return
+                send.result()  # re-raise a disconnect
         finally:
             receiver.cancel()
     except (WebSocketDisconnect, RuntimeError):
@@ -49,6 +63,12 @@ async def live(ws: WebSocket) -> None:
     finally:
         rt.hub.disconnect(client)
         rt.metrics.ws_clients.dec()
+
+
+async def _close_quickly(ws: WebSocket) -> None:
+    """Close with 4408; if even the close frame cannot be sent, give up on the socket."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(ws.close(code=4408, reason="too slow, reconnect"), 1.0)
 
 
 async def _receive(ws: WebSocket, client) -> None:
@@ -69,6 +89,7 @@ async def _receive(ws: WebSocket, client) -> None:
 
 # Sample fields a diff leaves out: the GPU's identity is already in the view around it.
 _SAMPLE_IDENTITY = frozenset({"v", "node", "gpu_uuid", "gpu_index", "name"})
+SEND_TIMEOUT_S = 5.0  # a send blocked this long means the client stopped reading
 PING_AFTER_S = 15.0  # an idle link still says something, so a browser can tell "quiet" from "dead"
 NODES_EVERY_S = 2.0  # heartbeats are not diffs of their own; nodes' last-heartbeat times go out this often
 

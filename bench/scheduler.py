@@ -1,0 +1,311 @@
+"""Scheduler benchmark: short jobs submitted over HTTP to a real orchestrator, placed on 100 simulated nodes x 8 GPUs,
+with real NATS and PostgreSQL (fsync on); reports submissions/s, placements/s and submit -> RUNNING latency.
+
+The nodes are protocol-level fake agents (tests/jobs/fake_agent.py: heartbeats, telemetry, run/cancel request-reply,
+RUNNING/SUCCEEDED reports and a log line, all on the real subjects and so into the real JetStream streams, published
+without waiting for JetStream acks), all hosted by ONE separate process (`--fleet`), so their CPU is not the
+benchmark client's. A job "runs" for --run-ms. Submit -> RUNNING is measured from just before
+the client sends POST /v1/jobs to the moment the orchestrator committed the job's RUNNING transition
+(`job_events.recorded_at`), on the same host clock. Placement uses the orchestrator's configured path: without an AI
+core at --ai-core-url (the default) that is the documented heuristic fallback, with the circuit breaker open.
+
+Two phases: first --paced-jobs submissions at --paced-rate per second (open loop: the pipeline's own latency, arrivals
+below capacity; keys `paced_*`), then the burst of --jobs submissions from --concurrency clients at once (closed loop:
+throughput; the issue's keys). In the burst, submit -> RUNNING includes the time a submission waits for the
+orchestrator to take it (POST latency, also reported). The orchestrator's CPU per job (net of what 100 idle nodes
+cost it: heartbeats, telemetry ingest, alerts) is reported, since every process of the benchmark shares the host.
+
+    python bench/scheduler.py --out results/scheduler.json [--jobs 5000] [--nodes 100] [--gpus 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import common  # noqa: F401  (puts the project on sys.path)
+from common import ROOT, percentiles, print_table, write_json
+
+HARD_LIMIT_S = 170.0  # the whole run, start-up included, stays under 3 minutes
+SUBMIT_LIMIT_S = 145.0  # no submission after this (from the start): a slow host submits fewer, and says so
+IDLE_WINDOW_S = 3.0
+
+
+# --- the fleet process ------------------------------------------------------------------------------------
+async def fleet(args: argparse.Namespace) -> None:
+    import nats
+
+    from services.schemas import JobState
+    from tests.jobs.fake_agent import FakeAgent
+
+    run_s = args.run_ms / 1000.0
+
+    async def short(agent, run):
+        await agent.log(run, "stdout", "step 1/1 done")
+        await asyncio.sleep(run_s)
+        return JobState.SUCCEEDED, 0, {"ok": True}
+
+    nc = await nats.connect(args.nats, pending_size=256 * 1024 * 1024)
+    agents = [FakeAgent(nc, f"bench{n:03d}", gpus=args.gpus, behaviour=short, heartbeat_s=2.0, telemetry_s=1.0,
+                        js_publish=False) for n in range(args.nodes)]
+    for a in agents:
+        await a.start()
+    await asyncio.to_thread(Path(args.ready_file).write_text, "ready")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=HARD_LIMIT_S)
+    except TimeoutError:
+        pass
+    for a in agents:
+        await a.stop()
+    await nc.close()
+
+
+# --- the benchmark --------------------------------------------------------------------------------------
+async def submit_all(url: str, token: str, n: int, concurrency: int, run_id: str,
+                     deadline: float = float("inf")) -> list[tuple[str, float, float]]:
+    """Submit with the project's client (Idempotency-Key, retried on a dropped connection), `concurrency` at once;
+    no new submission after `deadline` (monotonic), so the benchmark stays bounded on a slow host."""
+    import httpx
+
+    from aether.client import AsyncClient
+
+    out: list[tuple[str, float, float]] = []
+    counter = iter(range(n))
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with AsyncClient(url, token, timeout=30, transport=httpx.AsyncHTTPTransport(limits=limits)) as c:
+        async def worker() -> None:
+            for i in counter:
+                if time.monotonic() > deadline:
+                    return
+                body = {"name": f"{run_id}-{i}", "command": ["true"], "gpu_mem_mb": 1024, "max_duration_s": 60,
+                        "job_type": "inference"}
+                t0 = time.time()
+                answer = await c.submit(body)
+                out.append((answer["job_id"], t0, time.time()))
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return out
+
+
+async def submit_paced(url: str, token: str, n: int, rate: float, run_id: str) -> list[tuple[str, float, float]]:
+    """Open loop: one submission every 1/rate s whatever the answers (latency with the system not saturated)."""
+    from aether.client import AsyncClient
+
+    out: list[tuple[str, float, float]] = []
+    async with AsyncClient(url, token, timeout=30) as c:
+        async def one(i: int) -> None:
+            t0 = time.time()
+            answer = await c.submit({"name": f"{run_id}-{i}", "command": ["true"], "gpu_mem_mb": 1024,
+                                     "max_duration_s": 60, "job_type": "inference"})
+            out.append((answer["job_id"], t0, time.time()))
+
+        tasks = []
+        start = time.monotonic()
+        for i in range(n):
+            await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
+            tasks.append(asyncio.create_task(one(i)))
+        await asyncio.gather(*tasks)
+    return out
+
+
+def _latency(subs: list[tuple[str, float, float]], times: dict[str, dict[str, float]]) -> dict[str, float]:
+    return percentiles([(times[j]["RUNNING"] - t0) * 1000 for j, t0, _ in subs if "RUNNING" in times.get(j, {})])
+
+
+async def wait_done(dsn: str, ids: list[str], deadline: float) -> dict[str, int]:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        while True:
+            rows = await conn.fetch("SELECT state, count(*) AS n FROM jobs WHERE id = ANY($1::text[]) GROUP BY state",
+                                    ids)
+            states = {r["state"]: r["n"] for r in rows}
+            finished = sum(v for k, v in states.items() if k in ("SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT"))
+            if finished >= len(ids) or time.monotonic() > deadline:
+                return states
+            await asyncio.sleep(0.25)
+    finally:
+        await conn.close()
+
+
+async def event_times(dsn: str, ids: list[str]) -> dict[str, dict[str, float]]:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch("SELECT job_id, to_state, min(recorded_at) AS t FROM job_events "
+                                "WHERE job_id = ANY($1::text[]) GROUP BY job_id, to_state", ids)
+    finally:
+        await conn.close()
+    out: dict[str, dict[str, float]] = {}
+    for r in rows:
+        out.setdefault(r["job_id"], {})[r["to_state"]] = r["t"].timestamp()
+    return out
+
+
+def wait_gpus(url: str, token: str, want: int, limit_s: float) -> None:
+    import httpx
+
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        try:
+            gpus = httpx.get(f"{url}/v1/gpus", headers={"Authorization": f"Bearer {token}"}, timeout=5).json()
+            if sum(1 for g in gpus if g["healthy"]) >= want:
+                return
+        except Exception:
+            pass
+        time.sleep(1.0)  # each answer lists every GPU with its sample: do not make the orchestrator busy
+    raise TimeoutError(f"the orchestrator did not see {want} healthy GPUs within {limit_s}s")
+
+
+def _cpu(pid: int) -> float:
+    import psutil
+
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system
+
+
+def run(args: argparse.Namespace) -> dict:
+    from services.localstack import NatsServer, Postgres
+    from tests.support.procs import TEST_TOKEN, orchestrator
+
+    started = time.monotonic()
+    tmp = Path(tempfile.mkdtemp(prefix="aether-bench-scheduler-"))
+    ns = NatsServer().start()
+    pg = Postgres(durable=True).start()
+    procs: list = []
+    try:
+        dsn = pg.create_database("bench_scheduler")
+        orch = orchestrator(ns.url, dsn, ai_core_url=args.ai_core_url, log_path=tmp / "orchestrator.log",
+                            extra_env={"LOG_LEVEL": args.log_level, "JOB_MAX_QUEUE": str(args.jobs * 2),
+                                       "HEARTBEAT_TIMEOUT_S": "20", "SAMPLE_STALE_S": "15"}).start()
+        procs.append(orch)
+        ready = tmp / "fleet.ready"
+        fleet_proc = subprocess.Popen([sys.executable, __file__, "--fleet", "--nats", ns.url, "--nodes",
+                                       str(args.nodes), "--gpus", str(args.gpus), "--run-ms", str(args.run_ms),
+                                       "--ready-file", str(ready)], cwd=ROOT,
+                                      stdout=open(tmp / "fleet.log", "ab"), stderr=subprocess.STDOUT)
+        procs.append(fleet_proc)
+        wait_gpus(orch.url, TEST_TOKEN, args.nodes * args.gpus, 60)
+        # Warm-up (connections, first placements), not measured.
+        warm = asyncio.run(submit_all(orch.url, TEST_TOKEN, 20, 4, "warm"))
+        asyncio.run(wait_done(dsn, [w[0] for w in warm], time.monotonic() + 30))
+        # Paced: latency of the pipeline itself, arrivals below capacity.
+        paced = asyncio.run(submit_paced(orch.url, TEST_TOKEN, args.paced_jobs, args.paced_rate, "paced"))
+        asyncio.run(wait_done(dsn, [p[0] for p in paced], time.monotonic() + 20))
+        paced_times = asyncio.run(event_times(dsn, [p[0] for p in paced]))
+        print(f"cluster ready after {time.monotonic() - started:.1f}s; submitting {args.jobs} jobs "
+              f"with {args.concurrency} concurrent HTTP clients", file=sys.stderr)
+        # What the orchestrator burns with 100 nodes and no jobs (heartbeats, telemetry ingest, alerts):
+        # subtracted to give the CPU a job costs.
+        idle0, idle_t0 = _cpu(orch.proc.pid), time.monotonic()
+        time.sleep(IDLE_WINDOW_S)
+        idle_rate = (_cpu(orch.proc.pid) - idle0) / (time.monotonic() - idle_t0)
+        run_t0 = time.monotonic()
+        cpu0 = {name: _cpu(pid) for name, pid in (("orchestrator", orch.proc.pid), ("fleet", fleet_proc.pid))}
+        subs = asyncio.run(submit_all(orch.url, TEST_TOKEN, args.jobs, args.concurrency, "bench",
+                                      deadline=started + SUBMIT_LIMIT_S))
+        ids = [s[0] for s in subs]
+        states = asyncio.run(wait_done(dsn, ids, started + HARD_LIMIT_S - 15))
+        cpu = {name: _cpu(pid) - cpu0[name] for name, pid in (("orchestrator", orch.proc.pid),
+                                                               ("fleet", fleet_proc.pid))}
+        run_s = time.monotonic() - run_t0
+        times = asyncio.run(event_times(dsn, ids))
+    finally:
+        for p in reversed(procs):
+            if isinstance(p, subprocess.Popen):
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+            else:
+                p.stop()
+        ns.cleanup()
+        pg.cleanup()
+    first_submit = min(s[1] for s in subs)
+    last_response = max(s[2] for s in subs)
+    submitted = {s[0]: s[1] for s in subs}
+    to_running = [(times[j]["RUNNING"] - submitted[j]) * 1000 for j in ids if "RUNNING" in times.get(j, {})]
+    http_ms = [(s[2] - s[1]) * 1000 for s in subs]
+    sched = sorted(t["SCHEDULED"] for t in times.values() if "SCHEDULED" in t)
+    placements_per_s = (len(sched) - 1) / (sched[-1] - sched[0]) if len(sched) > 1 else float("nan")
+    lat = percentiles(to_running)
+    http = percentiles(http_ms)
+    return {
+        "submissions_per_s": len(subs) / (last_response - first_submit),
+        "placements_per_s": placements_per_s,
+        "submit_to_running_p50_ms": lat["p50"],
+        "submit_to_running_p95_ms": lat["p95"],
+        "submit_to_running_p99_ms": lat["p99"],
+        "submit_http_p50_ms": http["p50"], "submit_http_p95_ms": http["p95"], "submit_http_p99_ms": http["p99"],
+        "paced_jobs": args.paced_jobs, "paced_rate_per_s": args.paced_rate,
+        **{f"paced_submit_to_running_{k}_ms": v for k, v in _latency(paced, paced_times).items()},
+        "jobs": args.jobs, "jobs_submitted": len(subs), "truncated_by_time_limit": len(subs) < args.jobs,
+        "reached_running": len(to_running), "final_states": states,
+        "nodes": args.nodes, "gpus_per_node": args.gpus, "concurrency": args.concurrency, "run_ms": args.run_ms,
+        "placement_policy": "heuristic fallback (no AI core)" if "127.0.0.1:9" in args.ai_core_url else
+        f"AI core at {args.ai_core_url}",
+        "agents": f"{args.nodes} protocol-level fake agents in one separate process (tests/jobs/fake_agent.py)",
+        "orchestrator_cpu_ms_per_job": cpu["orchestrator"] * 1000 / len(subs),
+        "orchestrator_idle_cpu_pct": idle_rate * 100,
+        "orchestrator_cpu_ms_per_job_net_of_idle": (cpu["orchestrator"] - idle_rate * run_s) * 1000 / len(subs),
+        "orchestrator_cpu_pct_during_run": cpu["orchestrator"] / run_s * 100,
+        "fleet_cpu_ms_per_job": cpu["fleet"] * 1000 / len(subs),
+        "load_average_1m": os.getloadavg()[0],
+        "postgres_fsync": True, "cpus": os.cpu_count(), "wall_s": time.monotonic() - started,
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", help="JSON result file")
+    p.add_argument("--jobs", type=int, default=5000)
+    p.add_argument("--nodes", type=int, default=100)
+    p.add_argument("--gpus", type=int, default=8)
+    p.add_argument("--concurrency", type=int, default=64, help="concurrent HTTP submitters")
+    p.add_argument("--run-ms", type=int, default=500, help="how long each job runs")
+    p.add_argument("--paced-jobs", type=int, default=100, help="jobs of the open-loop latency phase")
+    p.add_argument("--paced-rate", type=float, default=10.0, help="submissions/s of the open-loop phase")
+    p.add_argument("--ai-core-url", default="http://127.0.0.1:9", help="default: nothing there (heuristic)")
+    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--fleet", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--nats", help=argparse.SUPPRESS)
+    p.add_argument("--ready-file", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.fleet:
+        asyncio.run(fleet(args))
+        return 0
+    if not args.out:
+        p.error("--out is required")
+    res = run(args)
+    rows = [{"measure": "submit -> RUNNING (ms)", **{k: res[f"submit_to_running_{k}_ms"] for k in ("p50", "p95", "p99")}},
+            {"measure": "POST /v1/jobs (ms)", **{k: res[f"submit_http_{k}_ms"] for k in ("p50", "p95", "p99")}},
+            {"measure": f"paced {res['paced_rate_per_s']:g}/s: submit -> RUNNING (ms)",
+             **{k: res[f"paced_submit_to_running_{k}_ms"] for k in ("p50", "p95", "p99")}}]
+    print_table(rows, ["measure", "p50", "p95", "p99"],
+                title=f"{res['jobs_submitted']} of {res['jobs']} jobs submitted"
+                      f"{' (time limit)' if res['truncated_by_time_limit'] else ''}, "
+                      f"{res['nodes']} nodes x {res['gpus_per_node']} GPUs")
+    print_table([{"submissions/s": res["submissions_per_s"], "placements/s": res["placements_per_s"],
+                  "reached RUNNING": res["reached_running"],
+                  "orchestrator CPU ms/job (net)": res["orchestrator_cpu_ms_per_job_net_of_idle"],
+                  "orchestrator CPU % of a core": res["orchestrator_cpu_pct_during_run"],
+                  "load avg": res["load_average_1m"], "wall s": res["wall_s"]}])
+    write_json(args.out, res)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

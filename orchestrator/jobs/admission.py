@@ -1,0 +1,122 @@
+"""Admission of submitted jobs: queue limit, tenant quotas, idempotency keys, and the insert — batched.
+
+Submissions that arrive together are decided and inserted in one transaction under one advisory lock, so the
+limits hold exactly across replicas (check-then-insert never interleaves) and a burst costs one commit, not one
+per job. Each caller gets its own answer: the stored job, or the typed refusal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from orchestrator.errors import DatabaseUnavailable, QueueFull, TenantQuotaExceeded
+from orchestrator.jobs import db, store
+from orchestrator.jobs.model import Job
+from orchestrator.runtime import Runtime
+from services.errors import AetherError
+
+log = logging.getLogger("aether.jobs.admission")
+
+MAX_BATCH = 500
+
+
+@dataclass
+class Admitted:
+    job: Job
+    created: bool  # False: an earlier submission with the same idempotency key
+
+
+class Admission:
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.s = rt.settings
+        self._waiting: list[tuple[Job, asyncio.Future]] = []
+        self._wake = asyncio.Event()
+
+    def quota(self, tenant: str) -> tuple[int, int]:
+        q = self.s.job_tenant_quotas.get(tenant)
+        if q is not None:
+            return q.max_active_jobs, q.max_gpus
+        return self.s.job_tenant_max_active_jobs, self.s.job_tenant_max_gpus
+
+    async def submit(self, job: Job) -> Admitted:
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._waiting.append((job, fut))
+        self._wake.set()
+        try:
+            async with asyncio.timeout(20.0):
+                return await asyncio.shield(fut)
+        except TimeoutError:
+            raise DatabaseUnavailable("the job could not be stored in time; the database is slow or down",
+                                      job_id=job.id) from None
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._waiting:
+                batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
+                try:
+                    results = await self._commit([job for job, _ in batch])
+                except AetherError as exc:
+                    results = [exc] * len(batch)
+                except Exception as exc:
+                    log.exception("admission batch failed")
+                    results = [DatabaseUnavailable(f"job not stored: {exc.__class__.__name__}")] * len(batch)
+                for (_, fut), res in zip(batch, results, strict=True):
+                    if fut.done():
+                        continue
+                    if isinstance(res, Exception):
+                        fut.set_exception(res)
+                    else:
+                        fut.set_result(res)
+
+    async def _commit(self, jobs: list[Job]) -> list[Admitted | AetherError]:
+        out: list[Admitted | AetherError] = []
+        accepted: list[Job] = []
+        async with db.connection(self.rt, transaction=True) as conn:
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", store.ADMISSION_LOCK)
+            counts, pending = await store.admission_counts(conn)
+            keys = [(j.tenant, j.idempotency_key) for j in jobs if j.idempotency_key]
+            existing = await store.existing_by_key(conn, keys)
+            batch_keys: dict[tuple[str, str], Job] = {}
+            for job in jobs:
+                key = (job.tenant, job.idempotency_key) if job.idempotency_key else None
+                if key is not None and key in existing:
+                    out.append(Admitted(existing[key], created=False))
+                    continue
+                if key is not None and key in batch_keys:
+                    out.append(Admitted(batch_keys[key], created=False))
+                    continue
+                refusal = self._refusal(job, counts, pending)
+                if refusal is not None:
+                    out.append(refusal)
+                    continue
+                active, gpus = counts.get(job.tenant, (0, 0))
+                counts[job.tenant] = (active + 1, gpus + job.gpus)
+                pending += 1
+                accepted.append(job)
+                if key is not None:
+                    batch_keys[key] = job
+                out.append(Admitted(job, created=True))
+            if accepted:
+                await store.insert_jobs(conn, accepted)
+        return out
+
+    def _refusal(self, job: Job, counts: dict[str, tuple[int, int]], pending: int) -> AetherError | None:
+        if pending >= self.s.job_max_queue:
+            return QueueFull(f"the queue holds {pending} jobs, its limit ({self.s.job_max_queue}); retry later",
+                             details={"queued": pending, "limit": self.s.job_max_queue})
+        max_jobs, max_gpus = self.quota(job.tenant)
+        active, gpus = counts.get(job.tenant, (0, 0))
+        if max_jobs and active + 1 > max_jobs:
+            return TenantQuotaExceeded(
+                f"tenant {job.tenant!r} has {active} unfinished jobs, its quota is {max_jobs}",
+                details={"tenant": job.tenant, "active_jobs": active, "max_active_jobs": max_jobs})
+        if max_gpus and gpus + job.gpus > max_gpus:
+            return TenantQuotaExceeded(
+                f"tenant {job.tenant!r} holds or waits for {gpus} GPUs; {job.gpus} more would exceed its quota "
+                f"of {max_gpus}", details={"tenant": job.tenant, "gpus": gpus, "max_gpus": max_gpus})
+        return None

@@ -1,0 +1,140 @@
+"""Applies job transitions: lock the rows, run them through the state machine, persist rows and events in one
+transaction, then log, publish on NATS, push to live clients and tell the scheduler's listeners."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
+
+import asyncpg
+
+from orchestrator.jobs import db, store
+from orchestrator.jobs.metrics import JobMetrics
+from orchestrator.jobs.model import Job
+from orchestrator.jobs.states import Applied, Refused, Transition, advance
+from orchestrator.runtime import Runtime
+from services import subjects
+from services.schemas import FINAL_STATES, JobState, JobStateEvent
+
+log = logging.getLogger("aether.jobs.lifecycle")
+
+Listener = Callable[[list[Applied]], None]
+
+
+class Lifecycle:
+    def __init__(self, rt: Runtime, metrics: JobMetrics) -> None:
+        self.rt = rt
+        self.metrics = metrics
+        self.listeners: list[Listener] = []
+
+    def after_lost(self, job: Job) -> Transition:
+        """What follows LOST, in the same transaction: back to the queue while retries remain, else FAILED."""
+        if job.cancel_requested_at is not None:
+            return Transition(job.id, JobState.FAILED, reason="lost after a cancel was requested",
+                              only_from=frozenset({JobState.LOST}))
+        if job.lost_count <= self.rt.settings.job_max_retries:
+            return Transition(job.id, JobState.PENDING, only_from=frozenset({JobState.LOST}),
+                              reason=f"re-queued after loss {job.lost_count} of at most "
+                                     f"{self.rt.settings.job_max_retries}")
+        return Transition(job.id, JobState.FAILED, only_from=frozenset({JobState.LOST}),
+                          reason=f"lost {job.lost_count} times, over the retry limit "
+                                 f"({self.rt.settings.job_max_retries})")
+
+    async def apply(self, transitions: Sequence[Transition], *,
+                    extra: Callable[[asyncpg.Connection, list[Applied]], Awaitable[None]] | None = None,
+                    fence: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
+                    ) -> tuple[list[Applied], list[tuple[Transition, Refused]]]:
+        """Apply in order (several for one job are fine); returns what applied and what was refused, and why."""
+        applied: list[Applied] = []
+        refused: list[tuple[Transition, Refused]] = []
+        if not transitions and extra is None:
+            return applied, refused
+        async with db.connection(self.rt, transaction=True) as conn:
+            if fence is not None:
+                await fence(conn)
+            jobs = await store.lock_jobs(conn, [t.job_id for t in transitions]) if transitions else {}
+            for t in transitions:
+                job = jobs.get(t.job_id)
+                if job is None:
+                    refused.append((t, Refused("unknown job")))
+                    continue
+                if t.to == JobState.LOST and job.cancel_requested_at is not None:
+                    # Its node is gone or forgot it, but its owner wanted it stopped anyway: it ends CANCELLED,
+                    # never re-queued. (Decided here, on the locked row, so a cancel from any replica counts.)
+                    t = replace(t, to=JobState.CANCELLED, reason=f"cancelled; {t.reason}", error=None)
+                try:
+                    a = advance(job, t)
+                except Refused as r:
+                    refused.append((t, r))
+                    continue
+                applied.append(a)
+                if a.job.state == JobState.LOST:
+                    a = advance(a.job, self.after_lost(a.job))
+                    applied.append(a)
+                jobs[t.job_id] = a.job
+            if applied:
+                await store.write_transitions(conn, applied)
+            if extra is not None:  # more writes that must commit (or not) with these transitions
+                await extra(conn, applied)
+        await self._after(applied)
+        return applied, refused
+
+    async def _after(self, applied: list[Applied]) -> None:
+        if not applied:
+            return
+        m = self.metrics
+        latest: dict[str, Job] = {}
+        for a in applied:
+            job, t = a.job, a.transition
+            latest[job.id] = job
+            log.info("job transition", extra={
+                "job_id": job.id, "from": a.prev.value, "to": job.state.value, "duration_s": round(a.duration_s, 3),
+                "attempt": job.attempt, "node": job.node or a.prev_node or t.node, "source": t.source,
+                "reason": t.reason,
+                "tenant": job.tenant, "exit_code": job.exit_code})
+            m.transitions.labels(a.prev.value, job.state.value).inc()
+            if job.state in FINAL_STATES:
+                m.finished.labels(job.state.value).inc()
+                if job.started_at is not None and job.finished_at is not None:
+                    m.duration.observe(max(0.0, (job.finished_at - job.started_at).total_seconds()))
+            if job.state == JobState.LOST:
+                m.lost.inc()
+            if t.source == "orchestrator":
+                await self._publish(a)
+        if self.rt.hub.clients:  # (building the views costs; nobody may be watching)
+            for job in latest.values():
+                self.rt.hub.publish({"type": "job", "job": job.summary()})
+        for listener in self.listeners:
+            try:
+                listener(applied)
+            except Exception:
+                log.exception("job listener failed")
+
+    async def submitted(self, jobs: list[Job]) -> None:
+        """New jobs were stored PENDING: log, count, publish and push them like any transition."""
+        for job in jobs:
+            log.info("job transition", extra={"job_id": job.id, "from": None, "to": job.state.value, "duration_s": 0.0,
+                                              "attempt": 0, "source": "orchestrator", "reason": "submitted",
+                                              "tenant": job.tenant, "job_name": job.name})
+            self.metrics.submitted.inc()
+            event = JobStateEvent(job_id=job.id, state=job.state, time=job.submitted_at, source="orchestrator",
+                                  reason="submitted")
+            try:
+                await self.rt.nc.publish(subjects.job_state(job.id), event.to_bytes())
+            except Exception as exc:
+                log.warning("job state event not published", extra={"job_id": job.id, "error": repr(exc)})
+            if self.rt.hub.clients:
+                self.rt.hub.publish({"type": "job", "job": job.summary()})
+
+    async def _publish(self, a: Applied) -> None:
+        job, t = a.job, a.transition
+        event = JobStateEvent(job_id=job.id, state=job.state, prev_state=a.prev, time=job.state_since,
+                              source="orchestrator", attempt=max(1, job.attempt),
+                              node=job.node or a.prev_node or t.node,
+                              gpu_uuids=job.gpu_uuids, exit_code=job.exit_code, error=job.error, reason=t.reason,
+                              duration_s=a.duration_s)
+        try:
+            await self.rt.nc.publish(subjects.job_state(job.id), event.to_bytes())
+        except Exception as exc:  # the row is the truth; the event is a courtesy to subscribers
+            log.warning("job state event not published", extra={"job_id": job.id, "error": repr(exc)})

@@ -1,0 +1,186 @@
+"""Live job output for people watching: log lines to WebSocket clients subscribed to `job:<id>`, the `jobs` part
+of the dashboard snapshot, and `GET /v1/jobs/{id}/logs?follow=true` as server-sent events.
+
+Every replica does this from core NATS (not only the leader), so a client may be connected to any of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from nats.aio.msg import Msg
+
+from orchestrator.errors import DatabaseUnavailable
+from orchestrator.jobs import db, store
+from orchestrator.jobs.model import Job
+from orchestrator.runtime import Runtime
+from services import subjects
+from services.bus import decode
+from services.errors import MalformedMessage
+from services.schemas import FINAL_STATES, JobLogLine, JobStateEvent
+
+log = logging.getLogger("aether.jobs.live")
+
+KEEPALIVE_S = 15.0
+RECHECK_S = 2.0
+SNAPSHOT_LIMIT = 200
+
+
+def _job_of(subject: str) -> str | None:
+    parts = subject.split(".")
+    return parts[2] if len(parts) == 4 else None
+
+
+def log_event(line: JobLogLine) -> dict[str, Any]:
+    return {"type": "log", "job_id": line.job_id, "attempt": line.attempt, "seq": line.seq, "stream": line.stream,
+            "line": line.line, "time": line.time.isoformat()}
+
+
+async def start(rt: Runtime) -> None:
+    async def on_log(msg: Msg) -> None:
+        job_id = _job_of(msg.subject)
+        topic = f"job:{job_id}"
+        # Only decode for someone watching: most lines have no live audience.
+        if job_id is None or not any(topic in c.topics for c in rt.hub.clients):
+            return
+        try:
+            line = decode(JobLogLine, msg.data, msg.subject)
+        except MalformedMessage:
+            return  # the leader's consumer counts and dead-letters it
+        rt.hub.publish(log_event(line), topic=topic)
+
+    await rt.nc.subscribe(subjects.JOB_LOG_ALL, cb=on_log)
+
+    async def jobs_part() -> dict[str, Any]:
+        try:
+            async with db.connection(rt, timeout_s=5) as conn:
+                queued = await store.list_jobs(conn, states=["PENDING"], tenant=None, limit=SNAPSHOT_LIMIT)
+                running = await store.list_jobs(conn, states=["SCHEDULED", "RUNNING"], tenant=None,
+                                                limit=SNAPSHOT_LIMIT)
+                rows = await conn.fetch("SELECT * FROM jobs WHERE finished_at IS NOT NULL "
+                                        "ORDER BY finished_at DESC LIMIT 50")
+        except DatabaseUnavailable as exc:
+            return {"queued": [], "running": [], "recent": [], "error": exc.message}
+        return {"queued": [j.summary() for j in queued], "running": [j.summary() for j in running],
+                "recent": [Job.from_row(r).summary() for r in rows]}
+
+    rt.hub.snapshot_parts["jobs"] = jobs_part
+
+
+def sse(event: str, data: Any) -> bytes:
+    return f"event: {event}\ndata: ".encode() + orjson.dumps(data, default=str) + b"\n\n"
+
+
+class _Seen:
+    """Which (attempt, seq) lines a follower already sent: one bit per line, per attempt."""
+
+    def __init__(self) -> None:
+        self.bits: dict[int, bytearray] = {}
+
+    def add(self, attempt: int, seq: int) -> bool:
+        """True if new."""
+        b = self.bits.setdefault(attempt, bytearray())
+        byte, bit = divmod(seq, 8)
+        if byte >= len(b):
+            b.extend(b"\0" * (byte - len(b) + 1 + 1024))
+        if b[byte] & (1 << bit):
+            return False
+        b[byte] |= 1 << bit
+        return True
+
+
+async def follow(rt: Runtime, job_id: str, *, limit_lines: int) -> AsyncIterator[bytes]:
+    """SSE: `log` events (stored lines first, then live ones), `state` events, and one `end` event once the job
+    is final (with its state, exit code and result). Lines are never sent twice nor skipped."""
+    queue: asyncio.Queue[Msg] = asyncio.Queue(10000)
+
+    async def cb(msg: Msg) -> None:
+        try:
+            queue.put_nowait(msg)
+        except asyncio.QueueFull:
+            pass  # a reader this far behind gets the missing lines from the database at the end
+
+    subs = [await rt.nc.subscribe(subjects.job_log(job_id), cb=cb),
+            await rt.nc.subscribe(subjects.job_state(job_id), cb=cb)]
+    seen = _Seen()
+    try:
+        async with db.connection(rt) as conn:
+            rows = await store.logs(conn, job_id, limit=limit_lines)
+        for r in rows:
+            if seen.add(r["attempt"], r["seq"]):
+                yield sse("log", {"attempt": r["attempt"], "seq": r["seq"], "stream": r["stream"], "line": r["line"],
+                                  "time": r["time"].isoformat()})
+        loop = asyncio.get_running_loop()
+        last_check = 0.0
+        last_sent = loop.time()
+        while True:
+            final = None
+            if loop.time() - last_check >= RECHECK_S:
+                last_check = loop.time()
+                final = await _final(rt, job_id)
+            if final is None:
+                try:
+                    msg = await asyncio.wait_for(queue.get(), timeout=RECHECK_S)
+                except TimeoutError:
+                    if loop.time() - last_sent >= KEEPALIVE_S:  # proxies close streams that stay silent
+                        last_sent = loop.time()
+                        yield b": keepalive\n\n"
+                    continue
+                last_sent = loop.time()
+                if msg.subject.endswith(".log"):
+                    try:
+                        line = decode(JobLogLine, msg.data, msg.subject)
+                    except MalformedMessage:
+                        continue
+                    if seen.add(line.attempt, line.seq):
+                        yield sse("log", {k: v for k, v in log_event(line).items() if k not in ("type", "job_id")})
+                    continue
+                try:
+                    ev = decode(JobStateEvent, msg.data, msg.subject)
+                except MalformedMessage:
+                    continue
+                yield sse("state", {"state": ev.state.value, "source": ev.source, "attempt": ev.attempt,
+                                    "node": ev.node, "time": ev.time.isoformat(), "reason": ev.reason})
+                if ev.state in FINAL_STATES:
+                    # Confirm with the database: the report may still be on its way there, or be refused.
+                    final = await _wait_final(rt, job_id)
+                if final is None:
+                    continue
+            # Final: every line was stored before the final state was, so one last read completes the output.
+            async with db.connection(rt) as conn:
+                rows = await store.logs(conn, job_id, limit=limit_lines)
+            for r in rows:
+                if seen.add(r["attempt"], r["seq"]):
+                    yield sse("log", {"attempt": r["attempt"], "seq": r["seq"], "stream": r["stream"],
+                                      "line": r["line"], "time": r["time"].isoformat()})
+            yield sse("end", final)
+            return
+    finally:
+        for sub in subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+
+async def _final(rt: Runtime, job_id: str) -> dict[str, Any] | None:
+    async with db.connection(rt) as conn:
+        job = await store.get_job(conn, job_id)
+    if job is None:
+        return {"state": None, "error": "job no longer exists"}
+    if job.state in FINAL_STATES:
+        return {"state": job.state.value, "exit_code": job.exit_code, "result": job.result, "error": job.error,
+                "reason": job.reason}
+    return None
+
+
+async def _wait_final(rt: Runtime, job_id: str, limit_s: float = 3.0) -> dict[str, Any] | None:
+    deadline = asyncio.get_running_loop().time() + limit_s
+    while True:
+        final = await _final(rt, job_id)
+        if final is not None or asyncio.get_running_loop().time() >= deadline:
+            return final
+        await asyncio.sleep(0.05)

@@ -1,0 +1,209 @@
+"""Agents' job reports (leader only): a durable JetStream consumer of `aether.jobs.*.state` and `.log`.
+
+Each fetched batch is applied in ONE transaction — state reports through the state machine, log lines stored —
+and acked only after the commit, so nothing is lost across a crash and a redelivery changes nothing (a state the
+job already has is a duplicate; a log line is keyed by job, attempt and seq). A report from a node the job is not
+assigned to is refused, and if it says the job runs there, that node is told to cancel it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+import orjson
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import BadRequestError
+
+from orchestrator.errors import DatabaseUnavailable
+from orchestrator.jobs import store
+from orchestrator.jobs.leader import NotLeader
+from orchestrator.jobs.scheduler import Scheduler
+from orchestrator.jobs.states import Transition
+from orchestrator.runtime import Runtime
+from services import subjects
+from services.bus import JOBS_STREAM, dead_letter, decode, ensure_jobs_stream
+from services.errors import MalformedMessage
+from services.schemas import FINAL_STATES, JobLogLine, JobState, JobStateEvent
+
+log = logging.getLogger("aether.jobs.reports")
+_NUL = b"\\u0000"  # NUL, as JSON escapes it
+
+IDLE_POLL_S = 0.5
+
+
+def _subject_parts(subject: str) -> tuple[str, str] | None:
+    """(job id, 'state'|'log') of `aether.jobs.<id>.<kind>`."""
+    parts = subject.split(".")
+    if len(parts) == 4 and parts[0] == subjects.PREFIX and parts[1] == "jobs" and parts[3] in ("state", "log"):
+        return parts[2], parts[3]
+    return None
+
+
+def _orchestrator_hint(data: bytes, job_id: str) -> tuple[str, JobState] | None:
+    """(job id, state) of an orchestrator-published state event, without a full validation; None otherwise."""
+    try:
+        raw = orjson.loads(data)
+        if raw.get("source") == "orchestrator" and raw.get("job_id") == job_id:
+            return job_id, JobState(raw.get("state"))
+    except (orjson.JSONDecodeError, ValueError, AttributeError):
+        pass  # the full decode says what is wrong with it
+    return None
+
+
+class Reports:
+    def __init__(self, rt: Runtime, sched: Scheduler, on_stray: Callable[[str, str, str], None],
+                 on_hint: Callable[[list[tuple[str, JobState]]], None]) -> None:
+        self.rt = rt
+        self.s = rt.settings
+        self.sched = sched
+        self.on_stray = on_stray
+        self.on_hint = on_hint
+        self.caught_up_at = 0.0  # monotonic: every report published before this has been applied
+        self.progress = asyncio.Event()
+
+    async def run(self) -> None:
+        await ensure_jobs_stream(self.rt.js, max_age_s=self.s.job_stream_max_age_s, replicas=self.s.stream_replicas)
+        cfg = ConsumerConfig(durable_name=self.s.job_reports_consumer, ack_policy=AckPolicy.EXPLICIT,
+                             deliver_policy=DeliverPolicy.ALL, ack_wait=30.0, max_deliver=-1,
+                             max_ack_pending=max(1000, self.s.job_reports_batch * 4),
+                             filter_subjects=[subjects.JOB_STATE_ALL, subjects.JOB_LOG_ALL])
+        try:
+            await self.rt.js.add_consumer(JOBS_STREAM, cfg)
+        except BadRequestError as exc:
+            # It exists with other settings (an older version made it): keep it and its acknowledgements.
+            log.warning("job reports consumer kept with its existing settings", extra={"error": repr(exc)})
+        psub = await self.rt.js.pull_subscribe_bind(durable=self.s.job_reports_consumer, stream=JOBS_STREAM)
+        log.info("job reports consumer started", extra={"consumer": self.s.job_reports_consumer})
+        batch = self.s.job_reports_batch
+        try:
+            while True:
+                started = time.monotonic()
+                try:
+                    # A batch fetch waits for a full batch or its timeout, so a lone report would wait the whole
+                    # timeout: long-poll for one (returns as soon as it arrives), then take what else is there
+                    # with a short fetch.
+                    msgs = await psub.fetch(1, timeout=IDLE_POLL_S)
+                    if batch > 1:
+                        try:
+                            msgs += await psub.fetch(batch - 1, timeout=self.s.job_reports_fetch_s)
+                        except Exception:  # (a timeout: nothing more right now) the first is handled anyway
+                            pass
+                except (TimeoutError, NatsTimeout):
+                    self.caught_up_at = started
+                    self.progress.set()
+                    continue
+                except Exception as exc:  # NATS reconnecting
+                    log.warning("job reports fetch failed", extra={"error": repr(exc)})
+                    await asyncio.sleep(0.5)
+                    continue
+                await self.handle_until_done(msgs)
+                if len(msgs) < batch:
+                    self.caught_up_at = started
+                    self.progress.set()
+        finally:
+            try:
+                await psub.unsubscribe()
+            except Exception as exc:
+                log.warning("job reports subscription not closed", extra={"error": repr(exc)})
+
+    async def handle_until_done(self, msgs) -> None:
+        delay = 0.2
+        while True:
+            try:
+                await self.handle(msgs)
+                return
+            except DatabaseUnavailable as exc:
+                log.warning("job reports not applied, retrying", extra={"error": exc.message, "retry_in_s": delay})
+                for msg in msgs:
+                    try:
+                        await msg.in_progress()
+                    except Exception:
+                        pass
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            except NotLeader:
+                # Left unacked: whoever leads now gets them. This task is about to be stopped.
+                await asyncio.sleep(1.0)
+                return
+
+    async def handle(self, msgs) -> None:
+        m = self.sched.metrics
+        transitions: list[Transition] = []
+        log_rows: list[tuple] = []
+        hints: list[tuple[str, JobState]] = []
+        for msg in msgs:
+            try:
+                parts = _subject_parts(msg.subject)
+                if parts is None:
+                    raise MalformedMessage(f"not a job subject: {msg.subject}")
+                job_id, kind = parts
+                data = msg.data
+                if _NUL in data:
+                    # A job printed binary output: PostgreSQL text and jsonb cannot hold NUL, and one such line
+                    # would fail the whole batch (and again on every redelivery). Keep it, with U+FFFD instead.
+                    data = data.replace(_NUL, b"\\ufffd")
+                if kind == "state":
+                    hint = _orchestrator_hint(data, job_id)
+                    if hint is not None:  # our own (or another replica's) transition: only a hint, cheaply read
+                        m.reports.labels("state").inc()
+                        hints.append(hint)
+                        continue
+                    ev = decode(JobStateEvent, data, msg.subject)
+                    if ev.job_id != job_id:
+                        raise MalformedMessage(f"state of job {ev.job_id!r} arrived on {msg.subject}")
+                    m.reports.labels("state").inc()
+                    if ev.source == "orchestrator":
+                        hints.append((ev.job_id, ev.state))
+                    else:
+                        transitions.append(Transition(
+                            ev.job_id, ev.state, source="agent", node=ev.node, attempt=ev.attempt, time=ev.time,
+                            pid=ev.pid, exit_code=ev.exit_code, result=ev.result, error=ev.error, reason=ev.reason))
+                else:
+                    line = decode(JobLogLine, data, msg.subject)
+                    if line.job_id != job_id:
+                        raise MalformedMessage(f"log of job {line.job_id!r} arrived on {msg.subject}")
+                    m.reports.labels("log").inc()
+                    if line.seq < self.s.job_log_max_lines:
+                        log_rows.append((line.job_id, line.attempt, line.seq, line.stream, line.line, line.time))
+            except MalformedMessage as exc:
+                m.reports_malformed.inc()
+                log.warning("malformed job message dead-lettered", extra={"subject": msg.subject,
+                                                                          "error": exc.message})
+                await dead_letter(self.rt.nc, "jobs", msg.subject, msg.data, exc.message)
+
+        async def store_logs(conn, _applied) -> None:
+            await store.insert_logs(conn, log_rows)
+
+        applied, refused = await self.sched.lifecycle.apply(
+            transitions, extra=store_logs if log_rows else None, fence=self.sched.fence)
+        for msg in msgs:
+            try:
+                await msg.ack()
+            except Exception:
+                pass  # redelivered later, and applying it again changes nothing
+        for t, why in refused:
+            if why.duplicate:
+                m.reports_refused.labels("duplicate").inc()
+                continue
+            m.reports_refused.labels("stale_node" if why.stale_node else "invalid").inc()
+            log.warning("job report refused", extra={"job_id": t.job_id, "state": t.to.value, "node": t.node,
+                                                     "attempt": t.attempt, "why": why.reason})
+            if t.to == JobState.RUNNING and t.node and self._stray(t):
+                self.on_stray(t.node, t.job_id, f"job is not assigned to {t.node} (attempt {t.attempt})")
+        for a in applied:
+            if a.transition.source == "agent" and a.job.attempt != (a.transition.attempt or a.job.attempt):
+                log.info("report of another attempt applied", extra={"job_id": a.job.id})
+        if hints:
+            self.on_hint(hints)
+
+    def _stray(self, t: Transition) -> bool:
+        """A RUNNING report we refused: worth a cancel unless the node runs the job's current attempt (then the
+        report is only old news, and cancelling would kill the legitimate run)."""
+        job = self.sched.active.get(t.job_id)
+        if job is None:
+            return True  # final, queued, or unknown: nothing should run
+        return job.node != t.node or job.state in FINAL_STATES

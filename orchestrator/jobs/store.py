@@ -1,0 +1,167 @@
+"""SQL of the jobs tables: insert, lock-and-update, events, logs, listing, retention. Every statement lives here."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from orchestrator.jobs.model import Job
+from orchestrator.jobs.states import Applied
+
+ACTIVE = ["PENDING", "SCHEDULED", "RUNNING"]
+
+INSERT_JOB = """
+INSERT INTO jobs (id, name, tenant, submitted_by, idempotency_key, spec, job_type, model, priority, gpus, gpu_mem_mb,
+                  max_duration_s, state, submitted_at, state_since)
+VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+"""
+
+UPDATE_JOB = """
+UPDATE jobs SET state = $2, attempt = $3, lost_count = $4, node = $5, assignment = $6::jsonb, placement = $7::jsonb,
+    exit_code = $8, result = $9::jsonb, error = $10, reason = $11, pid = $12, cancel_requested_at = $13,
+    scheduled_at = $14, started_at = $15, finished_at = $16, state_since = $17, updated_at = now()
+WHERE id = $1
+"""
+
+EVENT_COLUMNS = ("job_id", "attempt", "from_state", "to_state", "time", "duration_s", "source", "node", "reason")
+LOG_COLUMNS = ("job_id", "attempt", "seq", "stream", "line", "time")
+
+# Counts that admission decides on, for the tenants of one batch and the whole queue.
+ADMISSION_COUNTS = """
+SELECT tenant, count(*) AS active, coalesce(sum(gpus), 0) AS gpus,
+       count(*) FILTER (WHERE state = 'PENDING') AS pending
+FROM jobs WHERE state = ANY($1::text[]) GROUP BY tenant
+"""
+
+# One lock for admission across replicas: check-then-insert must not interleave, or quotas leak.
+ADMISSION_LOCK = 0x41657468  # "Aeth"
+
+
+async def lock_jobs(conn: asyncpg.Connection, ids: Iterable[str]) -> dict[str, Job]:
+    """The rows of `ids`, locked for this transaction, in id order so two writers never deadlock."""
+    rows = await conn.fetch("SELECT * FROM jobs WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE", sorted(set(ids)))
+    return {r["id"]: Job.from_row(r) for r in rows}
+
+
+async def write_transitions(conn: asyncpg.Connection, applied: Sequence[Applied]) -> None:
+    """Update each changed job once (its final row) and append one event per transition."""
+    last: dict[str, Job] = {}
+    for a in applied:
+        last[a.job.id] = a.job
+    await conn.executemany(UPDATE_JOB, [j.row_values() for j in last.values()])
+    await conn.copy_records_to_table("job_events", columns=EVENT_COLUMNS, records=[
+        (a.job.id, a.job.attempt, a.prev.value, a.job.state.value, a.job.state_since, a.duration_s,
+         a.transition.source, a.job.node or a.prev_node or a.transition.node, a.transition.reason)
+        for a in applied])
+
+
+async def admission_counts(conn: asyncpg.Connection) -> tuple[dict[str, tuple[int, int]], int]:
+    """Per tenant (unfinished jobs, GPUs they ask for) and the number of PENDING jobs overall."""
+    rows = await conn.fetch(ADMISSION_COUNTS, ACTIVE)
+    return {r["tenant"]: (r["active"], r["gpus"]) for r in rows}, sum(r["pending"] for r in rows)
+
+
+async def existing_by_key(conn: asyncpg.Connection, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Job]:
+    if not keys:
+        return {}
+    rows = await conn.fetch(
+        "SELECT j.* FROM jobs j JOIN unnest($1::text[], $2::text[]) AS k(tenant, key) "
+        "ON j.tenant = k.tenant AND j.idempotency_key = k.key", [k[0] for k in keys], [k[1] for k in keys])
+    return {(r["tenant"], r["idempotency_key"]): Job.from_row(r) for r in rows}
+
+
+async def insert_jobs(conn: asyncpg.Connection, jobs: Sequence[Job]) -> None:
+    await conn.executemany(INSERT_JOB, [j.insert_values() for j in jobs])
+    await conn.copy_records_to_table("job_events", columns=EVENT_COLUMNS, records=[
+        (j.id, 0, None, j.state.value, j.submitted_at, None, "orchestrator", None, "submitted") for j in jobs])
+
+
+async def get_job(conn: asyncpg.Connection | asyncpg.Pool, job_id: str) -> Job | None:
+    row = await conn.fetchrow("SELECT * FROM jobs WHERE id = $1", job_id)
+    return Job.from_row(row) if row else None
+
+
+async def list_jobs(conn: asyncpg.Connection, *, states: list[str] | None, tenant: str | None, limit: int,
+                    before: datetime | None = None) -> list[Job]:
+    clauses, args = [], []
+    if states:
+        args.append(states)
+        clauses.append(f"state = ANY(${len(args)}::text[])")
+    if tenant:
+        args.append(tenant)
+        clauses.append(f"tenant = ${len(args)}")
+    if before:
+        args.append(before)
+        clauses.append(f"submitted_at < ${len(args)}")
+    where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+    args.append(limit)
+    rows = await conn.fetch(f"SELECT * FROM jobs {where} ORDER BY submitted_at DESC, id DESC LIMIT ${len(args)}",
+                            *args)
+    return [Job.from_row(r) for r in rows]
+
+
+async def active_jobs(conn: asyncpg.Connection, states: list[str] | None = None) -> list[Job]:
+    rows = await conn.fetch("SELECT * FROM jobs WHERE state = ANY($1::text[]) ORDER BY submitted_at, id",
+                            states or ACTIVE)
+    return [Job.from_row(r) for r in rows]
+
+
+async def events(conn: asyncpg.Connection, job_id: str) -> list[dict[str, Any]]:
+    rows = await conn.fetch("SELECT attempt, from_state, to_state, time, recorded_at, duration_s, source, node, reason "
+                            "FROM job_events WHERE job_id = $1 ORDER BY id", job_id)
+    return [dict(r) for r in rows]
+
+
+async def insert_logs(conn: asyncpg.Connection, rows: Sequence[tuple]) -> None:
+    """Store log lines of known jobs; a redelivered line (same job, attempt, seq) is stored once."""
+    if not rows:
+        return
+    cols = list(zip(*rows, strict=True))
+    await conn.execute(
+        "INSERT INTO job_logs (job_id, attempt, seq, stream, line, time) "
+        "SELECT u.* FROM unnest($1::text[], $2::int[], $3::int[], $4::text[], $5::text[], $6::timestamptz[]) "
+        "AS u(job_id, attempt, seq, stream, line, time) WHERE EXISTS (SELECT 1 FROM jobs j WHERE j.id = u.job_id) "
+        "ON CONFLICT DO NOTHING", *[list(c) for c in cols])
+
+
+async def logs(conn: asyncpg.Connection, job_id: str, *, after_id: int = 0, attempt: int | None = None,
+               limit: int = 10000) -> list[asyncpg.Record]:
+    if attempt is None:
+        return await conn.fetch("SELECT id, attempt, seq, stream, line, time FROM job_logs WHERE job_id = $1 "
+                                "AND id > $2 ORDER BY attempt, seq LIMIT $3", job_id, after_id, limit)
+    return await conn.fetch("SELECT id, attempt, seq, stream, line, time FROM job_logs WHERE job_id = $1 AND id > $2 "
+                            "AND attempt = $3 ORDER BY seq LIMIT $4", job_id, after_id, attempt, limit)
+
+
+async def request_cancel(conn: asyncpg.Connection, job_id: str) -> Job | None:
+    """Mark a job on a node as to be cancelled; None if it is no longer SCHEDULED/RUNNING."""
+    row = await conn.fetchrow("UPDATE jobs SET cancel_requested_at = coalesce(cancel_requested_at, now()), "
+                              "updated_at = now() WHERE id = $1 AND state IN ('SCHEDULED', 'RUNNING') RETURNING *",
+                              job_id)
+    return Job.from_row(row) if row else None
+
+
+async def purge_finished(conn: asyncpg.Connection, older_than_h: float, batch: int = 5000) -> int:
+    """Delete finished jobs (with their events and logs) older than the retention; returns how many."""
+    status = await conn.execute(
+        "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE finished_at < now() - make_interval(secs => $1) "
+        "AND state IN ('SUCCEEDED', 'FAILED', 'CANCELLED', 'TIMED_OUT') LIMIT $2)", older_than_h * 3600.0, batch)
+    return int(status.split()[-1])
+
+
+async def outcome_stats(conn: asyncpg.Connection, window_s: float) -> asyncpg.Record:
+    """Success rate and mean run time of the jobs finished in the last `window_s` seconds."""
+    return await conn.fetchrow(
+        "SELECT count(*) AS finished, count(*) FILTER (WHERE state = 'SUCCEEDED') AS succeeded, "
+        "avg(extract(epoch FROM finished_at - started_at)) FILTER (WHERE started_at IS NOT NULL) AS mean_s "
+        "FROM jobs WHERE finished_at > now() - make_interval(secs => $1) "
+        "AND state IN ('SUCCEEDED', 'FAILED', 'CANCELLED', 'TIMED_OUT')", window_s)
+
+
+async def state_counts(conn: asyncpg.Connection) -> dict[str, int]:
+    rows = await conn.fetch("SELECT state, count(*) AS n FROM jobs WHERE state = ANY($1::text[]) GROUP BY state",
+                            ACTIVE)
+    return {r["state"]: r["n"] for r in rows}
