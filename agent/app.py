@@ -89,7 +89,6 @@ class Agent:
                                 outbox=self.job_outbox, metrics=self.metrics, user=user, python=self.job_python,
                                 python_has_pip=has_pip, containers=containers)
         self._spawn(self.telemetry.run(), "outbox-telemetry")
-        self._spawn(self.job_outbox.run(), "outbox-jobs")
         await self.runner.start()
         self.sampler = Sampler(node=self.node, source=self.source, interval_s=self.s.interval_s,
                                outbox=self.telemetry, metrics=self.metrics, executor=self._executor)
@@ -103,6 +102,10 @@ class Agent:
             await self.nc.subscribe(subjects.cmd(self.node, "reconcile"), cb=self._on_reconcile),
         ]
         await self.nc.flush()
+        # Only now do job reports go out: a LOST for a job orphaned by a restart makes the orchestrator re-queue it
+        # at once, often back to this node, whose answer must then be here (not "no responders", which excludes
+        # the node from placement for a minute).
+        self._spawn(self.job_outbox.run(), "outbox-jobs")
         self._spawn(self.sampler.run(), "sampler")
         self._spawn(self.heartbeats.run(), "heartbeat")
         log.info("agent started", extra={

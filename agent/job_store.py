@@ -57,7 +57,9 @@ class JobStore:
         text = self.snapshot() if text is None else text
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w") as fh:
+        # 0600: jobs run as another account and must not read other jobs' outcomes (results, errors) here.
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
+            os.fchmod(fh.fileno(), 0o600)  # also when a crash left an older temp file behind
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())

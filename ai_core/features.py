@@ -195,7 +195,13 @@ def matrix(job: JobFeatures, num: dict[str, np.ndarray]) -> np.ndarray:
             co_same,
             num["model_resident"],
         )
-    return np.stack(cols, axis=1).astype(np.float32, copy=False)
+    x = np.stack(cols, axis=1).astype(np.float32, copy=False)
+    # A ratio with a near-zero denominator (or a reading past float32) is not information: make it missing,
+    # which XGBoost handles, instead of inf, which it refuses.
+    bad = ~np.isfinite(x)
+    if bad.any():
+        x[bad] = np.nan
+    return x
 
 
 _IDX = {name: i for i, name in enumerate(FEATURES)}

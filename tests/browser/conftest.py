@@ -40,8 +40,10 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium():
+    # Module scope, not session: while sync_playwright is open it holds a running event loop on this
+    # thread, which breaks every pytest-asyncio test that runs after it.
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
