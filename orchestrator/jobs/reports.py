@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from datetime import timedelta
 
 import orjson
 from nats.errors import TimeoutError as NatsTimeout
@@ -33,6 +34,8 @@ log = logging.getLogger("aether.jobs.reports")
 _NUL = b"\\u0000"  # NUL, as JSON escapes it
 
 IDLE_POLL_S = 0.5
+# A leader that dies holding a fetched batch delays those reports (and the reconciler's verdicts) this long.
+REPORTS_ACK_WAIT_S = 10.0
 
 
 def _subject_parts(subject: str) -> tuple[str, str] | None:
@@ -68,7 +71,7 @@ class Reports:
     async def run(self) -> None:
         await ensure_jobs_stream(self.rt.js, max_age_s=self.s.job_stream_max_age_s, replicas=self.s.stream_replicas)
         cfg = ConsumerConfig(durable_name=self.s.job_reports_consumer, ack_policy=AckPolicy.EXPLICIT,
-                             deliver_policy=DeliverPolicy.ALL, ack_wait=30.0, max_deliver=-1,
+                             deliver_policy=DeliverPolicy.ALL, ack_wait=REPORTS_ACK_WAIT_S, max_deliver=-1,
                              max_ack_pending=max(1000, self.s.job_reports_batch * 4),
                              filter_subjects=[subjects.JOB_STATE_ALL, subjects.JOB_LOG_ALL])
         try:
@@ -93,8 +96,7 @@ class Reports:
                         except Exception:  # (a timeout: nothing more right now) the first is handled anyway
                             pass
                 except (TimeoutError, NatsTimeout):
-                    self.caught_up_at = started
-                    self.progress.set()
+                    await self._note_caught_up(psub, started)
                     continue
                 except Exception as exc:  # NATS reconnecting
                     log.warning("job reports fetch failed", extra={"error": repr(exc)})
@@ -102,13 +104,27 @@ class Reports:
                     continue
                 await self.handle_until_done(msgs)
                 if len(msgs) < batch:
-                    self.caught_up_at = started
-                    self.progress.set()
+                    await self._note_caught_up(psub, started)
         finally:
             try:
                 await psub.unsubscribe()
             except Exception as exc:
                 log.warning("job reports subscription not closed", extra={"error": repr(exc)})
+
+    async def _note_caught_up(self, psub, started: float) -> None:
+        """Nothing more was delivered to us: caught up as of `started`, unless reports are still pending or held
+        unacknowledged by another client (a leader that died or stepped down holding a fetched batch, which the
+        server redelivers only after `ack_wait`). Claiming to be caught up then would let the reconciler call
+        a job that finished LOST and run it again."""
+        try:
+            info = await psub.consumer_info()
+        except Exception as exc:  # NATS reconnecting: claim nothing
+            log.warning("job reports consumer info failed", extra={"error": repr(exc)})
+            return
+        if info.num_pending or info.num_ack_pending:
+            return
+        self.caught_up_at = started
+        self.progress.set()
 
     async def handle_until_done(self, msgs) -> None:
         delay = 0.2
@@ -126,8 +142,13 @@ class Reports:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
             except NotLeader:
-                # Left unacked: whoever leads now gets them. This task is about to be stopped.
-                await asyncio.sleep(1.0)
+                # Handed back at once (not left to ack_wait): whoever leads now gets them. This task is about to
+                # be stopped.
+                for msg in msgs:
+                    try:
+                        await msg.nak()
+                    except Exception:
+                        pass
                 return
 
     async def handle(self, msgs) -> None:
@@ -159,6 +180,7 @@ class Reports:
                     if ev.source == "orchestrator":
                         hints.append((ev.job_id, ev.state))
                     else:
+                        self._infer_running(ev, transitions)
                         transitions.append(Transition(
                             ev.job_id, ev.state, source="agent", node=ev.node, attempt=ev.attempt, time=ev.time,
                             pid=ev.pid, exit_code=ev.exit_code, result=ev.result, error=ev.error, reason=ev.reason))
@@ -199,6 +221,24 @@ class Reports:
                 log.info("report of another attempt applied", extra={"job_id": a.job.id})
         if hints:
             self.on_hint(hints)
+
+    def _infer_running(self, ev: JobStateEvent, transitions: list[Transition]) -> None:
+        """A final report saying the job ran, for a job we still hold as SCHEDULED: its RUNNING report is late
+        (held by a replica that died with it unacknowledged, then redelivered after newer messages). Record the
+        RUNNING it implies, dated from the report, so the job's history stays whole; the late report is then
+        refused as old news."""
+        if ev.state not in FINAL_STATES or ev.prev_state != JobState.RUNNING:
+            return
+        job = self.sched.active.get(ev.job_id)
+        if job is None or job.state != JobState.SCHEDULED or job.attempt != ev.attempt or job.node != ev.node:
+            return
+        if any(t.job_id == ev.job_id and t.to == JobState.RUNNING for t in transitions):
+            return
+        started = ev.time - timedelta(seconds=ev.duration_s or 0.0)
+        transitions.append(Transition(ev.job_id, JobState.RUNNING, source="agent", node=ev.node, attempt=ev.attempt,
+                                      time=started, pid=ev.pid, only_from=frozenset({JobState.SCHEDULED}),
+                                      only_attempt=ev.attempt,
+                                      reason="inferred from its final report (the RUNNING report came late)"))
 
     def _stray(self, t: Transition) -> bool:
         """A RUNNING report we refused: worth a cancel unless the node runs the job's current attempt (then the

@@ -67,6 +67,9 @@ def advance(job: Job, t: Transition, now: datetime | None = None) -> Applied:
     if t.source == "agent" and t.attempt is not None and t.attempt != job.attempt:
         # Same node, another attempt: the agent runs one attempt of a job at a time, so this is old news.
         raise Refused(f"report of attempt {t.attempt}, job is at attempt {job.attempt}")
+    if t.source == "agent" and t.to == JobState.RUNNING and cur in FINAL_STATES:
+        # This attempt's RUNNING report, arriving after its final one (redelivered late): old news.
+        raise Refused(f"late RUNNING report: job is already {cur.value}", duplicate=True)
     if t.only_from is not None and cur not in t.only_from:
         raise Refused(f"job is {cur.value}, not {'/'.join(sorted(s.value for s in t.only_from))}",
                       duplicate=cur == t.to)

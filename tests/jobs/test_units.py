@@ -66,6 +66,16 @@ def test_agent_reports_must_come_from_the_assigned_node_and_attempt():
     assert advance(job, Transition(job.id, JobState.RUNNING, source="agent", node="n1", attempt=1)).job.pid is None
 
 
+def test_late_running_report_after_the_final_one_is_old_news():
+    job = mkjob(1, state=JobState.SUCCEEDED, node="n1")
+    with pytest.raises(Refused) as e:
+        advance(job, Transition(job.id, JobState.RUNNING, source="agent", node="n1", attempt=1))
+    assert e.value.duplicate and "late RUNNING" in e.value.reason
+    with pytest.raises(Refused) as e:  # from the orchestrator it is simply invalid
+        advance(job, Transition(job.id, JobState.RUNNING))
+    assert not e.value.duplicate
+
+
 def test_guards_only_from_and_only_attempt():
     job = mkjob(1, state=JobState.RUNNING, node="n1")
     with pytest.raises(Refused):
