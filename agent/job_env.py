@@ -50,6 +50,38 @@ def resolve_user(name: str | None) -> JobUser:
     return JobUser(name, ent.pw_uid, ent.pw_gid)
 
 
+class UidPool:
+    """One uid per running job, from AGENT_JOB_UIDS (e.g. 3000000-3009999), with a private group of the same
+    number: two jobs on a node, of one tenant or two, cannot read each other's environment (/proc/<pid>/environ),
+    files or signal each other's processes, which a shared account (`nobody`) allows. The uids need no
+    /etc/passwd entry (the job gets USER/HOME from its environment). Handed out round robin from a random
+    start, so a uid is rarely reused soon; a finished job's directory is taken back by the agent anyway."""
+
+    def __init__(self, first: int, last: int, *, start: int | None = None) -> None:
+        if not 0 < first <= last:
+            raise ConfigError(f"AGENT_JOB_UIDS={first}-{last}: want FIRST-LAST with 0 < FIRST <= LAST",
+                              field="job_uids")
+        self.first, self.size = first, last - first + 1
+        self.next = (start if start is not None else int.from_bytes(os.urandom(4), "big")) % self.size
+
+    @classmethod
+    def parse(cls, spec: str | None) -> UidPool | None:
+        if not spec:
+            return None
+        m = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", spec)
+        if m is None:
+            raise ConfigError(f"AGENT_JOB_UIDS={spec!r}: want FIRST-LAST, e.g. 3000000-3009999", field="job_uids")
+        return cls(int(m[1]), int(m[2]))
+
+    def take(self, in_use: set[int]) -> JobUser:
+        for _ in range(self.size):
+            uid = self.first + self.next
+            self.next = (self.next + 1) % self.size
+            if uid not in in_use:
+                return JobUser(f"aether-job-{uid}", uid, uid)
+        raise ConfigError(f"all {self.size} job uids are in use: widen AGENT_JOB_UIDS", field="job_uids")
+
+
 def popen_user_kwargs(user: JobUser) -> dict:
     """subprocess keyword arguments that drop to the job user (and root's supplementary groups with it)."""
     if not user.switches:

@@ -26,7 +26,7 @@ from nats.aio.msg import Msg
 
 from agent import container
 from agent.errors import AgentError, JobConflict, JobNotFound, JobRejected
-from agent.job_env import JOB_ID_RE, JobUser, build_env, job_dir, prepare_dir
+from agent.job_env import JOB_ID_RE, JobUser, UidPool, build_env, job_dir, prepare_dir
 from agent.job_process import group_alive, kill_group, read_lines, spawn
 from agent.job_store import JobStore, job_key
 from agent.metrics import AgentMetrics
@@ -71,6 +71,7 @@ class Job:
     last_stderr: str = ""
     container: bool = False
     task: asyncio.Task | None = None
+    user: JobUser = JobUser(None, None, None)  # who it runs as (its own uid when the agent has a uid pool)
 
 
 class JobRunner:
@@ -84,6 +85,8 @@ class JobRunner:
         self.outbox = outbox
         self.metrics = metrics
         self.user = user
+        # As root with a uid range: every job its own account (the shared `user` still runs the probes).
+        self.uids = UidPool.parse(settings.job_uids) if user.switches else None
         self.python = python
         self.python_has_pip = python_has_pip
         self.containers = containers
@@ -188,10 +191,11 @@ class JobRunner:
                                 message=f"already ran here ({final.get('state')}); not started again")
         self._validate(cmd)
         workdir = job_dir(self.work_dir, cmd.job_id, cmd.attempt)
-        await asyncio.to_thread(prepare_dir, workdir, self.user)
+        user = self.uids.take({j.user.uid for j in self.jobs.values()}) if self.uids else self.user
+        await asyncio.to_thread(prepare_dir, workdir, user)
         loop = asyncio.get_running_loop()
         job = Job(cmd=cmd, key=key, workdir=workdir, accepted_at=utcnow(), accepted_mono=loop.time(),
-                  container=bool(cmd.spec.image))
+                  container=bool(cmd.spec.image), user=user)
         self.store.running[key] = {"job_id": cmd.job_id, "attempt": cmd.attempt, "gpu_uuids": cmd.gpu_uuids,
                                    "gpu_indices": cmd.gpu_indices, "accepted_at": job.accepted_at.isoformat(),
                                    "pid": None, "create_time": None}
@@ -306,6 +310,11 @@ class JobRunner:
             if job.timer is not None:
                 job.timer.cancel()
             self.source.detach_job(job.key)
+        if job.user.switches and job.user is not self.user:
+            # Its uid goes back to the pool: its directory (kept a while for inspection) goes back to the agent,
+            # so a later job given the same uid cannot enter it.
+            with contextlib.suppress(OSError):
+                os.chown(job.workdir, os.geteuid(), os.getegid())
         event = self._final_event(job, rc, error)
         job.state = event.state
         self.jobs.pop(job.key, None)
@@ -349,22 +358,22 @@ class JobRunner:
         env = self._env(job, extra_path)
         if spec.script is not None:
             script = wd / "job.py"
-            await asyncio.to_thread(self._write_script, script, spec.script)
+            await asyncio.to_thread(self._write_script, script, spec.script, job.user)
             argv = ["python" if job.container else python, script.name]
         else:
             argv = list(spec.command or [])
         if job.container:
-            argv, env = container.wrap(job.cmd, argv, env, wd, self.user)
+            argv, env = container.wrap(job.cmd, argv, env, wd, job.user)
         return argv, env
 
-    def _write_script(self, path: Path, text: str) -> None:
+    def _write_script(self, path: Path, text: str, user: JobUser) -> None:
         path.write_text(text)
         os.chmod(path, 0o600)
-        if self.user.switches:
-            os.chown(path, self.user.uid, self.user.gid)
+        if user.switches:
+            os.chown(path, user.uid, user.gid)
 
     def _env(self, job: Job, extra_path: list[str]) -> dict[str, str]:
-        return build_env(job.cmd, workdir=job.workdir, user=self.user, passthrough=self.s.job_env_passthrough,
+        return build_env(job.cmd, workdir=job.workdir, user=job.user, passthrough=self.s.job_env_passthrough,
                          extra_path=extra_path)
 
     async def _setup_step(self, job: Job, argv: list[str], env: dict[str, str]) -> int | None:
@@ -372,7 +381,7 @@ class JobRunner:
         None when the job was stopped meanwhile."""
         if job.stop_state is not None:
             return None
-        proc = await spawn(argv, env=env, cwd=job.workdir, user=self.user)
+        proc = await spawn(argv, env=env, cwd=job.workdir, user=job.user)
         job.proc = job_proc = proc
         if job.stop_state is not None:
             self._kill_current(job)
@@ -387,7 +396,7 @@ class JobRunner:
         if job.container:
             proc = await spawn(argv, env=env, cwd=job.workdir, user=JobUser(None, None, None))
         else:
-            proc = await spawn(argv, env=env, cwd=job.workdir, user=self.user)
+            proc = await spawn(argv, env=env, cwd=job.workdir, user=job.user)
         loop = asyncio.get_running_loop()
         job.proc, job.pid = proc, proc.pid
         job.started_at, job.started_mono = utcnow(), loop.time()

@@ -55,6 +55,9 @@ class AgentSettings(AetherSettings):
     nvml_slow_period_s: float = _env("nvml_slow_period_s", 10.0, ge=0, le=3600,
                                      description="ECC, retired/remapped memory, power limit, MIG mode: read this often")
     job_user: str | None = _env("job_user", "nobody", description="jobs run as this user when the agent is root")
+    job_uids: str | None = _env("job_uids", "3000000-3009999",
+                                description="as root, each job runs as its own uid from this range (FIRST-LAST); "
+                                            "empty: every job runs as AGENT_JOB_USER")
     job_python: str | None = _env("job_python", None, description="Python that runs `script` jobs; default: the agent's")
     job_env_passthrough: Annotated[list[str], NoDecode] = _env("job_env_passthrough", list(DEFAULT_PASSTHROUGH))
     kill_grace_s: float = _env("kill_grace_s", 10.0, ge=0, le=600)

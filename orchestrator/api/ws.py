@@ -32,8 +32,8 @@ async def live(ws: WebSocket) -> None:
     rt.metrics.ws_clients.inc()
     client.principal = principal
     try:
-        await ws.send_bytes(orjson.dumps(await rt.hub.snapshot(), default=str))
-        receiver = asyncio.create_task(_receive(ws, client))
+        await ws.send_bytes(orjson.dumps(await rt.hub.snapshot(principal), default=str))
+        receiver = asyncio.create_task(_receive(rt, ws, client))
         try:
             while True:
                 data = await client.queue.get()
@@ -71,7 +71,7 @@ async def _close_quickly(ws: WebSocket) -> None:
         await asyncio.wait_for(ws.close(code=4408, reason="too slow, reconnect"), 1.0)
 
 
-async def _receive(ws: WebSocket, client) -> None:
+async def _receive(rt: Runtime, ws: WebSocket, client) -> None:
     """Clients may subscribe to topics (e.g. {"subscribe": "job:<id>"} for one job's logs)."""
     with contextlib.suppress(WebSocketDisconnect, RuntimeError):
         while True:
@@ -81,14 +81,30 @@ async def _receive(ws: WebSocket, client) -> None:
             except orjson.JSONDecodeError:
                 continue
             if isinstance(msg, dict):
-                if isinstance(msg.get("subscribe"), str):
-                    client.topics.add(msg["subscribe"][:200])
+                topic = msg.get("subscribe")
+                if isinstance(topic, str) and len(topic) <= MAX_TOPIC_LEN and await _may_follow(rt, client, topic):
+                    client.topics.add(topic)
                 if isinstance(msg.get("unsubscribe"), str):
                     client.topics.discard(msg["unsubscribe"])
 
 
+async def _may_follow(rt: Runtime, client, topic: str) -> bool:
+    """A tenant-scoped token follows only its own tenant's jobs; a job it may not see is refused exactly like one
+    that does not exist (silently), as the HTTP API answers 404 for both."""
+    if not topic.startswith("job:") or client.principal is None or client.principal.tenant is None:
+        return True
+    try:
+        async with rt.db() as conn:
+            tenant = await conn.fetchval("SELECT tenant FROM jobs WHERE id = $1", topic[4:])
+    except Exception as exc:  # database away: refuse rather than leak
+        log.warning("websocket subscription not checked; refused", extra={"error": repr(exc)})
+        return False
+    return tenant is not None and client.principal.sees_tenant(tenant)
+
+
 # Sample fields a diff leaves out: the GPU's identity is already in the view around it.
 _SAMPLE_IDENTITY = frozenset({"v", "node", "gpu_uuid", "gpu_index", "name"})
+MAX_TOPIC_LEN = 200
 SEND_TIMEOUT_S = 5.0  # a send blocked this long means the client stopped reading
 PING_AFTER_S = 15.0  # an idle link still says something, so a browser can tell "quiet" from "dead"
 NODES_EVERY_S = 2.0  # heartbeats are not diffs of their own; nodes' last-heartbeat times go out this often

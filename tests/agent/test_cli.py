@@ -116,3 +116,22 @@ def test_container_jobs_get_only_their_gpus_and_no_secrets_on_the_command_line(t
     assert client_env["CUDA_VISIBLE_DEVICES"] == "0,1"  # renumbered inside the container
     assert "offline" not in " ".join(argv)  # values travel in the client's environment only
     assert client_env["WANDB_MODE"] == "offline" and "--env" in argv and "WANDB_MODE" in argv
+
+
+def test_uid_pool_gives_each_running_job_its_own_uid():
+    from agent.job_env import UidPool
+
+    pool = UidPool(5000, 5002, start=2)
+    a = pool.take(set())
+    b = pool.take({a.uid})
+    c = pool.take({a.uid, b.uid})
+    assert [a.uid, b.uid, c.uid] == [5002, 5000, 5001]  # round robin from the start, wrapping
+    assert a.gid == a.uid and a.name == "aether-job-5002"
+    assert pool.take({5000, 5001}).uid == 5002  # skips those in use
+    with pytest.raises(ConfigError):
+        pool.take({5000, 5001, 5002})
+    assert UidPool.parse("") is None
+    with pytest.raises(ConfigError):
+        UidPool.parse("3000000")
+    with pytest.raises(ConfigError):
+        UidPool.parse("10-5")

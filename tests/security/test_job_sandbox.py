@@ -1,6 +1,6 @@
 """A job runs unprivileged, in a private working directory, with the environment it was given and nothing of the
 agent's: no NATS credentials, no tokens, no secrets; it cannot read root's files, the agent's state or the agent's
-environment, nor signal the agent. Plus one gap, pinned: jobs of different tenants share one account on a node."""
+environment, nor signal the agent; and, each job having its own uid, another job's environment or files."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from agent.settings import AgentSettings
 from tests.faults.support import headers, until, work_dir_of
 from tests.security.conftest import AGENT_SECRETS
 
@@ -66,12 +67,17 @@ async def test_job_runs_unprivileged_without_the_agents_secrets(secured, root_se
         job = await until(lambda: _final(c, jid), 40, "the probe job to end")
     assert job["state"] == "SUCCEEDED", job
     got = job["result"]
-    nobody = pwd.getpwnam("nobody")
-    assert got["uid"] == got["euid"] == nobody.pw_uid and got["gid"] == nobody.pw_gid
-    assert set(got["groups"]) <= {nobody.pw_gid}, "root's supplementary groups must be dropped"
+    # Its own uid from the agent's pool (AGENT_JOB_UIDS), with a private group of the same number: no account of
+    # the host's, no supplementary group of root's.
+    first, last = (int(x) for x in AgentSettings.model_fields["job_uids"].default.split("-"))
+    assert first <= got["uid"] <= last and got["uid"] == got["euid"] == got["gid"], got["uid"]
+    assert set(got["groups"]) <= {got["gid"]}, "root's supplementary groups must be dropped"
+    with pytest.raises(KeyError):
+        pwd.getpwuid(got["uid"])
+    assert got["env"]["USER"] == f"aether-job-{got['uid']}"
     # Its own private directory.
     assert got["cwd"] == got["env"]["AETHER_JOB_DIR"] == got["env"]["HOME"]
-    assert got["dir_mode"] == 0o700 and got["dir_uid"] == nobody.pw_uid
+    assert got["dir_mode"] == 0o700 and got["dir_uid"] == got["uid"]
     # The environment it was given, and nothing of the agent's.
     job_env = got["env"]
     assert job_env["MY_SETTING"] == "given-by-the-submitter"
@@ -108,10 +114,9 @@ print(json.dumps(found))
 """
 
 
-@pytest.mark.xfail(strict=True, reason="gap: every job on a node runs as the same account (AGENT_JOB_USER, default "
-                   "nobody), so a job can read another tenant's running job's environment (/proc/<pid>/environ) and "
-                   "files, and signal its processes. Needs a user per tenant (or per job) on the node.")
 async def test_a_job_cannot_see_another_tenants_job(secured):
+    """Each job runs as its own uid: another job can neither read its environment (/proc/<pid>/environ) nor
+    look into its directory."""
     async with httpx.AsyncClient(base_url=secured.orch.url, timeout=10) as c:
         r = await c.post("/v1/jobs", json={"name": "red-holds-a-key", "command": ["sleep", "30"],
                                            "env": {"RED_API_KEY": "red-key-do-not-share"}}, headers=headers("red"))
