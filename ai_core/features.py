@@ -10,7 +10,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain
-from operator import attrgetter
+from operator import itemgetter
 
 import numpy as np
 
@@ -93,54 +93,131 @@ class CandidateTable:
 
     def take(self, idx: np.ndarray) -> CandidateTable:
         idx = np.asarray(idx, dtype=np.int64)
-        return CandidateTable({k: v[idx] for k, v in self.num.items()}, [self.uuids[i] for i in idx],
-                              [self.nodes[i] for i in idx], [self.indices[i] for i in idx], self.node_ids[idx])
+        pick = idx.tolist()  # plain ints: indexing lists with numpy integers is several times slower
+        return CandidateTable({k: v[idx] for k, v in self.num.items()}, [self.uuids[i] for i in pick],
+                              [self.nodes[i] for i in pick], [self.indices[i] for i in pick], self.node_ids[idx])
 
 
 def node_codes(nodes: Sequence[str]) -> np.ndarray:
-    codes: dict[str, int] = {}
-    return np.fromiter((codes.setdefault(n, len(codes)) for n in nodes), dtype=np.int64, count=len(nodes))
+    """0, 1, 2 ... per distinct node, in order of first appearance (ties between nodes go to the earlier one)."""
+    codes = {n: i for i, n in enumerate(dict.fromkeys(nodes))}
+    return np.fromiter(map(codes.__getitem__, nodes), dtype=np.int64, count=len(nodes))
 
 
-_NUMERIC = attrgetter("mem_total_mb", "mem_used_mb", "mem_free_mb", "util_gpu_pct", "util_mem_pct", "temp_c",
-                      "power_w", "power_limit_w", "sm_clock_mhz", "max_sm_clock_mhz", "jobs_running",
-                      "model_resident", "healthy")
 _NUMERIC_COLS = ("mem_total_mb", "mem_used_mb", "mem_free_mb", "util_gpu_pct", "util_mem_pct", "temp_c", "power_w",
                  "power_limit_w", "sm_clock_mhz", "max_sm_clock_mhz", "jobs_running", "model_resident", "healthy")
-_GPU_MODEL = attrgetter("gpu_model")
-_LISTS = attrgetter("throttle_reasons", "job_types")
-_TYPE_POS = {t: i for i, t in enumerate(JOB_TYPES)}
+_NUMERIC = itemgetter(*_NUMERIC_COLS)
+_IDENT = itemgetter("gpu_uuid", "node", "index", "gpu_model", "throttle_reasons", "job_types")
+
+
+class _TypeCodes(dict):
+    # A job type we do not know counts as a co-runner of its own kind (the last column); __missing__ answers
+    # without storing, so arbitrary strings from requests do not grow the table.
+    def __missing__(self, key: str) -> int:
+        return len(JOB_TYPES)
+
+
+_TYPE_POS = _TypeCodes({t: i for i, t in enumerate(JOB_TYPES)})
+
+
+def _flat_rows(lists: Sequence[list]) -> tuple[np.ndarray, list]:
+    """The row of each element of `lists`, and the elements, flattened (C-level passes, no per-row loop)."""
+    lens = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
+    return np.repeat(np.arange(len(lists)), lens), list(chain.from_iterable(lists))
+
+
+def _build_table(arr: np.ndarray, uuids: list[str], nodes: list[str], indices: list[int], models: Sequence[str],
+                 reasons: Sequence[list[str]], types: Sequence[list[str]]) -> CandidateTable:
+    """The table from the numeric readings (n x len(_NUMERIC_COLS)) and the per-candidate strings and lists."""
+    n = len(uuids)
+    num = {name: arr[:, i] for i, name in enumerate(_NUMERIC_COLS)}
+    # Per distinct value, not per candidate: a cluster has a handful of GPU models, throttle reasons and nodes.
+    temps = {m: slowdown_temp(m) for m in set(models)}
+    num["slowdown_temp_c"] = np.fromiter(map(temps.__getitem__, models), dtype=np.float64, count=n)
+    thermal = np.zeros(n)
+    power = np.zeros(n)
+    rows, flat = _flat_rows(reasons)
+    if flat:
+        kinds = {r: _throttle_kinds((r,)) for r in set(flat)}
+        k = np.array([kinds[r] for r in flat], dtype=np.float64).reshape(-1, 2)
+        np.maximum.at(thermal, rows, k[:, 0])
+        np.maximum.at(power, rows, k[:, 1])
+    num["throttled_thermal"], num["throttled_power"] = thermal, power
+    rows, flat = _flat_rows(types)
+    nt = len(JOB_TYPES) + 1
+    codes = np.fromiter(map(_TYPE_POS.__getitem__, flat), dtype=np.int64, count=len(flat))
+    counts = np.bincount(rows * nt + codes, minlength=n * nt).reshape(n, nt).astype(np.float64)
+    for t in JOB_TYPES:
+        num[f"co_{t}"] = counts[:, _TYPE_POS[t]]
+    # A job on the GPU is a job running on it, whatever the reported count says.
+    num["jobs_running"] = np.maximum(num["jobs_running"], counts.sum(axis=1))
+    return CandidateTable(num, uuids, nodes, indices, node_codes(nodes))
 
 
 def table_from_candidates(candidates: Sequence[Candidate]) -> CandidateTable:
-    """Candidates to columns. The plain readings come out in one C-level pass (attrgetter); lists (job types,
-    throttle reasons) are only walked where they are not empty: thousands of candidates cost a few ms."""
+    """Candidates to columns, in a few C-level passes (itemgetter, fromiter): thousands of candidates cost ~1 ms.
+    The fields are read from each model's __dict__ (where pydantic keeps them, also for model_construct):
+    a dict lookup is cheaper than an attribute lookup through the model class."""
     n = len(candidates)
     k = len(_NUMERIC_COLS)
-    arr = np.fromiter(chain.from_iterable(map(_NUMERIC, candidates)), dtype=np.float64, count=n * k).reshape(n, k)
-    num = {name: arr[:, i] for i, name in enumerate(_NUMERIC_COLS)}
-    cache: dict[str, float] = {}
-    num["slowdown_temp_c"] = np.fromiter((cache[m] if m in cache else cache.setdefault(m, slowdown_temp(m))
-                                          for m in map(_GPU_MODEL, candidates)), dtype=np.float64, count=n)
-    thermal = np.zeros(n)
-    power = np.zeros(n)
-    counts = np.zeros((n, len(JOB_TYPES) + 1))
-    type_pos = _TYPE_POS
-    for i, (reasons, types) in enumerate(map(_LISTS, candidates)):
-        if reasons:
-            thermal[i], power[i] = _throttle_kinds(reasons)
-        if types:
-            row = counts[i]
-            for t in types:
-                row[type_pos.get(t, len(JOB_TYPES))] += 1
-    num["throttled_thermal"], num["throttled_power"] = thermal, power
-    for t, j in type_pos.items():
-        num[f"co_{t}"] = counts[:, j]
-    # A job on the GPU is a job running on it, whatever the reported count says.
-    num["jobs_running"] = np.maximum(num["jobs_running"], counts.sum(axis=1))
-    nodes = [c.node for c in candidates]
-    return CandidateTable(num, [c.gpu_uuid for c in candidates], nodes, [c.index for c in candidates],
-                          node_codes(nodes))
+    dicts = list(map(vars, candidates))
+    arr = np.fromiter(chain.from_iterable(map(_NUMERIC, dicts)), dtype=np.float64, count=n * k).reshape(n, k)
+    if n == 0:
+        return _build_table(arr, [], [], [], [], [], [])
+    uuids, nodes, indices, models, reasons, types = zip(*map(_IDENT, dicts), strict=True)
+    return _build_table(arr, list(uuids), list(nodes), list(indices), models, reasons, types)
+
+
+# Candidate fields as JSON gives them, with their defaults (_REQUIRED: none), for `table_from_dicts`.
+_REQUIRED = object()
+_READING_FIELDS = {"mem_total_mb": _REQUIRED, "mem_used_mb": 0, "mem_free_mb": _REQUIRED, "util_gpu_pct": 0,
+                   "util_mem_pct": 0, "temp_c": 0, "power_w": 0, "power_limit_w": 0, "sm_clock_mhz": 0,
+                   "max_sm_clock_mhz": 0}
+_FIELDS = {"gpu_uuid": _REQUIRED, "node": _REQUIRED, "index": _REQUIRED, "gpu_model": "", **_READING_FIELDS,
+           "throttle_reasons": (), "jobs_running": 0, "job_types": (), "model_resident": False, "healthy": True}
+_ALL_FIELDS = itemgetter(*_FIELDS)
+_POS = {name: i for i, name in enumerate(_FIELDS)}
+_NUMBER = {int, float}
+
+
+def _only(values, allowed: set) -> bool:
+    return set(map(type, values)) <= allowed
+
+
+def table_from_dicts(candidates: list) -> CandidateTable | None:
+    """Candidates straight from parsed JSON (dicts) to columns, without a model object per candidate.
+
+    Accepts only what `Candidate` would accept unchanged: exact JSON types (numbers for readings, whole numbers
+    for counts, booleans, strings, lists of strings) and readings within `Reading`'s bounds. Anything else -
+    a missing field, a numeric string, a bool where a number belongs - gives None, and the caller validates
+    with the model, which coerces or refuses it with the precise field and message.
+    """
+    try:
+        try:
+            cols = list(zip(*map(_ALL_FIELDS, candidates), strict=True))
+        except KeyError:  # some candidates leave optional fields out: column by column, with defaults
+            cols = [[c[f] for c in candidates] if d is _REQUIRED else [c.get(f, d) for c in candidates]
+                    for f, d in _FIELDS.items()]
+    except (KeyError, TypeError, AttributeError):  # a required field left out, or not a list of objects
+        return None
+    if len(cols) != len(_FIELDS):
+        return None
+    uuids, nodes, indices, models = (cols[_POS[f]] for f in ("gpu_uuid", "node", "index", "gpu_model"))
+    reasons, types = cols[_POS["throttle_reasons"]], cols[_POS["job_types"]]
+    readings = [cols[_POS[f]] for f in _READING_FIELDS]
+    counts, flags = cols[_POS["jobs_running"]], (cols[_POS["model_resident"]], cols[_POS["healthy"]])
+    if not (_only(chain(uuids, nodes, models), {str}) and _only(chain(indices, counts), {int})
+            and _only(chain(*flags), {bool}) and _only(chain(*readings), _NUMBER)
+            and _only(chain(reasons, types), {list, tuple})
+            and _only(chain(chain.from_iterable(reasons), chain.from_iterable(types)), {str})):
+        return None
+    try:
+        arr = np.array([*readings, counts, *flags], dtype=np.float64).T
+    except OverflowError:  # an integer past float range: let the model refuse it
+        return None
+    if not np.all(np.abs(arr[:, :len(_READING_FIELDS)]) <= 1e9):
+        return None
+    return _build_table(np.ascontiguousarray(arr), list(uuids), list(nodes), list(indices), models, reasons, types)
 
 
 def _missing_if_zero(a: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ from typing import Literal
 import numpy as np
 
 from ai_core.errors import NoFeasibleCandidate
-from ai_core.features import CandidateTable
+from ai_core.features import JOB_TYPES, CandidateTable
 from services.schemas.placement import JobFeatures
 
 POLICY_NAMES = ("random", "round_robin", "least_utilised", "best_fit")
@@ -23,15 +23,63 @@ def feasible_mask(table: CandidateTable, job: JobFeatures) -> np.ndarray:
     return (table.num["healthy"] > 0) & (table.num["mem_free_mb"] >= float(job.gpu_mem_mb))
 
 
+# Peak memory over declared memory, by job type: the upper end of what jobs of the type reach (training grows
+# with activations and optimiser state as batches vary, inference hardly grows past its weights and KV cache).
+# The simulated worlds (SimParams.mem_growth, perturbed up to 20 %) stay inside these; tests check it.
+MEM_GROWTH = {"training": 1.21, "inference": 1.05, "batch": 1.14, "interactive": 1.11}
+MEM_GROWTH_UNKNOWN = max(MEM_GROWTH.values())
+
+
+def unreserved_mb(table: CandidateTable) -> np.ndarray:
+    """Free memory: unreserved (total minus what placed jobs were promised, seen in telemetry or not), and never
+    more than the device itself reports free - memory in use that nobody reserved is not free either."""
+    total, used, free = table.num["mem_total_mb"], table.num["mem_used_mb"], table.num["mem_free_mb"]
+    return np.minimum(free, np.where(used > 0, total - used, free))
+
+
+def growth_room_mask(table: CandidateTable, job: JobFeatures) -> np.ndarray:
+    """Where the job leaves room for growth: on a GPU shared with running jobs, the co-runners' memory and the
+    job's, each grown to its type's peak (MEM_GROWTH), still fits the board. A job alone on a GPU has the whole
+    board, whatever it grows to; a job that shares one has only what the others leave, and an OOM kills it."""
+    total = table.num["mem_total_mb"]
+    occupied = np.maximum(total - unreserved_mb(table), 0.0)
+    running = table.num["jobs_running"]
+    co_growth = np.ones(len(total))
+    known = np.zeros(len(total))
+    for t in JOB_TYPES:
+        co = table.num[f"co_{t}"]
+        known += co
+        co_growth = np.where(co > 0, np.maximum(co_growth, MEM_GROWTH[t]), co_growth)
+    co_growth = np.where(running > known, MEM_GROWTH_UNKNOWN, co_growth)  # co-runners of unknown type
+    own = float(job.gpu_mem_mb) * MEM_GROWTH.get(job.job_type, MEM_GROWTH_UNKNOWN)
+    return (running <= 0) | (occupied * co_growth + own <= total)
+
+
+def memory_safe_mask(table: CandidateTable, job: JobFeatures) -> np.ndarray:
+    """The AI core's hard constraints: healthy, the declared memory fits what is free (`unreserved_mb`), and
+    room is left for everyone's growth (`growth_room_mask`). No placement it makes can run a GPU out of memory."""
+    return ((table.num["healthy"] > 0) & (unreserved_mb(table) >= float(job.gpu_mem_mb))
+            & growth_room_mask(table, job))
+
+
 def rejection_reasons(table: CandidateTable, job: JobFeatures, mask: np.ndarray) -> dict[str, str]:
     """Why each candidate outside `mask` was refused, in words an operator can act on."""
     out: dict[str, str] = {}
-    for i in np.flatnonzero(~mask):
-        if table.num["healthy"][i] <= 0:
-            out[table.uuids[i]] = "unhealthy"
+    idx = np.flatnonzero(~mask)
+    need = float(job.gpu_mem_mb)
+    # Plain Python values first: indexing numpy arrays one element at a time costs microseconds per candidate.
+    rows = zip(idx.tolist(), (table.num["healthy"][idx] > 0).tolist(), unreserved_mb(table)[idx].tolist(),
+               table.num["jobs_running"][idx].tolist(), strict=True)
+    uuids = table.uuids
+    needs = f"needs {need:.0f} MB, "
+    for i, healthy, free, running in rows:
+        if not healthy:
+            out[uuids[i]] = "unhealthy"
+        elif free < need:
+            out[uuids[i]] = f"{needs}{free:.0f} MB unreserved"
         else:
-            out[table.uuids[i]] = (f"needs {job.gpu_mem_mb:.0f} MB, "
-                                   f"{table.num['mem_free_mb'][i]:.0f} MB unreserved")
+            out[uuids[i]] = (f"{needs}{free:.0f} MB unreserved, but shared with {running:.0f} job(s) that leave "
+                             "no room for growth")
     return out
 
 

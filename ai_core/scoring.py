@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
+import orjson
+from pydantic import ValidationError
 
 from ai_core import features as F
 from ai_core.errors import NoFeasibleCandidate, NoModel
 from ai_core.model import PlacementModel
-from ai_core.policies import Policy, choose, feasible_mask, rejection_reasons
+from ai_core.policies import Policy, choose, memory_safe_mask, rejection_reasons
 from services.schemas.base import utcnow
 from services.schemas.placement import FeatureContribution, JobFeatures, PlacementDecision, PlacementRequest
 
@@ -29,7 +32,12 @@ def node_idle_share(x: np.ndarray, node_ids: np.ndarray) -> np.ndarray:
     return per_node_idle[node_ids] / np.maximum(per_node[node_ids], 1)
 
 
-def costs(model: PlacementModel, x: np.ndarray, node_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+# Busy candidates whose co-runner delay is worked out in the first round when no idle GPU gives a bound.
+FIRST_ROUND = 32
+
+
+def costs(model: PlacementModel, x: np.ndarray, node_ids: np.ndarray | None = None, *,
+          prune: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(predicted log time of the job, decision cost in the same log units) per candidate row.
 
     The model predicts the job's own completion time. On a GPU that already runs jobs, the newcomer slows them
@@ -37,16 +45,39 @@ def costs(model: PlacementModel, x: np.ndarray, node_ids: np.ndarray | None = No
     there, the newcomer's own predicted slowdown on that GPU against the same GPU empty (both from the model):
     cost = time x (1 + jobs_running x max(0, slowdown - 1)). Without this a warm start on a busy GPU looks
     free to the newcomer while the jobs it lands on pay for it.
+
+    prune=True (single-GPU decisions): the delay term needs a second prediction per busy GPU (the GPU emptied),
+    but it only ever adds to the cost, so a busy GPU whose cost without it is already above the best exact
+    cost cannot be chosen: its delay is not computed and its cost stays that lower bound. The choice and the
+    runner-up are the same; only the scores of GPUs that could be neither are lower bounds.
     """
     pred = model.predict_log(x).astype(np.float64)
     cost = pred.copy()
-    busy = np.flatnonzero(F.jobs_running_column(x) > 0)
-    if len(busy):
-        alone = model.predict_log(F.emptied(x[busy])).astype(np.float64)
-        slowdown = np.maximum(0.0, np.expm1(pred[busy] - alone))
-        cost[busy] += np.log1p(F.jobs_running_column(x)[busy] * slowdown)
     if node_ids is not None and len(node_ids):
         cost += CONSOLIDATION * node_idle_share(x, node_ids)
+    running = F.jobs_running_column(x).astype(np.float64)
+    busy = running > 0
+    if not busy.any():
+        return pred, cost
+
+    def add_delay(rows: np.ndarray) -> None:
+        if len(rows):
+            alone = model.predict_log(F.emptied(x[rows])).astype(np.float64)
+            slowdown = np.maximum(0.0, np.expm1(pred[rows] - alone))
+            cost[rows] += np.log1p(running[rows] * slowdown)
+
+    if not prune:
+        add_delay(np.flatnonzero(busy))
+        return pred, cost
+    lower = cost.copy()
+    if np.count_nonzero(~busy) < 2:  # too few idle GPUs to bound with: the most promising busy ones first
+        first = np.flatnonzero(busy)[np.argsort(lower[busy], kind="stable")[:FIRST_ROUND]]
+        add_delay(first)
+        busy[first] = False
+    exact = cost[~busy]
+    # The second best exact cost: the runner-up (explained next to the choice) is then exact too.
+    bound = float(np.partition(exact, 1)[1] if len(exact) > 1 else exact[0])
+    add_delay(np.flatnonzero(busy & (lower <= bound)))
     return pred, cost
 
 
@@ -60,7 +91,16 @@ class ModelPolicy(Policy):
         model.set_threads(1)  # a few dozen rows per decision: threads would only wait on each other
 
     def scores(self, job: JobFeatures, table: F.CandidateTable, positions: np.ndarray) -> np.ndarray:
-        return costs(self.model, F.matrix(job, table.num), table.node_ids)[1]
+        return costs(self.model, F.matrix(job, table.num), table.node_ids, prune=job.gpus == 1)[1]
+
+    def select(self, job: JobFeatures, table: F.CandidateTable, positions: np.ndarray) -> np.ndarray:
+        """As /v1/place: only GPUs that pass `memory_safe_mask`; raises NoFeasibleCandidate (the job waits)."""
+        safe = np.flatnonzero(memory_safe_mask(table, job))
+        if job.gpus > 1 and np.bincount(table.node_ids[safe]).max(initial=0) < job.gpus:
+            raise NoFeasibleCandidate(f"no node has {job.gpus} GPUs with room for the job")  # before any scoring
+        sub = table if len(safe) == len(table) else table.take(safe)
+        idx, _ = choose(self.scores(job, sub, positions[safe]), sub.node_ids, job.gpus, "max")
+        return safe[idx]
 
 
 def _top(contribs: np.ndarray, row: np.ndarray, n: int) -> list[FeatureContribution]:
@@ -74,6 +114,45 @@ def _top(contribs: np.ndarray, row: np.ndarray, n: int) -> list[FeatureContribut
     return out
 
 
+@dataclass
+class Parsed:
+    """A placement request reduced to what the decision needs: the candidates as columns."""
+
+    job_id: str | None
+    job: JobFeatures
+    table: F.CandidateTable
+    explain: bool = True
+
+
+_REQUEST_KEYS = frozenset(PlacementRequest.model_fields)
+_MAX_CANDIDATES = 20000
+
+
+def parse_fast(body: bytes) -> Parsed | None:
+    """Parse a /v1/place body without building a model per candidate (orjson, then columns straight from the
+    dicts): for 1,000 candidates about 30 % faster than validating Candidates and reading them back, and no
+    model objects left for the garbage collector to walk. Only a body the models would accept unchanged
+    passes; for anything else this returns None and the caller validates with PlacementRequest, which
+    coerces what it may and names the field of what it refuses."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if type(doc) is not dict or not doc.keys() <= _REQUEST_KEYS:
+        return None
+    v, job_id, explain, cands = doc.get("v", 1), doc.get("job_id"), doc.get("explain", True), doc.get("candidates")
+    if (type(v) is not int or v != 1 or (job_id is not None and type(job_id) is not str)
+            or type(explain) is not bool or type(cands) is not list or not 1 <= len(cands) <= _MAX_CANDIDATES
+            or type(doc.get("job")) is not dict):
+        return None
+    try:  # one small object: the model itself, in JSON mode, so its rules are exactly those of the slow path
+        job = JobFeatures.model_validate_json(orjson.dumps(doc["job"]))
+    except ValidationError:
+        return None
+    table = F.table_from_dicts(cands)
+    return None if table is None else Parsed(job_id, job, table, explain)
+
+
 def place(request: PlacementRequest, model: PlacementModel | None, *, top_n: int = 8,
           exact_contributions: bool = False) -> PlacementDecision:
     """Decide for `request` with `model`. Raises NoModel without one, NoFeasibleCandidate when nothing fits."""
@@ -81,20 +160,31 @@ def place(request: PlacementRequest, model: PlacementModel | None, *, top_n: int
     if model is None:
         raise NoModel("no placement model is loaded; train one (python -m ai_core.train --synthetic N)",
                       job_id=request.job_id)
-    job = request.job
-    table = F.table_from_candidates(request.candidates)
-    mask = feasible_mask(table, job)
+    parsed = Parsed(request.job_id, request.job, F.table_from_candidates(request.candidates), request.explain)
+    return decide(parsed, model, top_n=top_n, exact_contributions=exact_contributions, t0=t0)
+
+
+def decide(request: Parsed, model: PlacementModel | None, *, top_n: int = 8, exact_contributions: bool = False,
+           t0: float | None = None) -> PlacementDecision:
+    """`place` for a request already reduced to columns (`parse_fast`)."""
+    t0 = time.perf_counter() if t0 is None else t0
+    if model is None:
+        raise NoModel("no placement model is loaded; train one (python -m ai_core.train --synthetic N)",
+                      job_id=request.job_id)
+    job, table = request.job, request.table
+    n_candidates = len(table)
+    mask = memory_safe_mask(table, job)
     rejected: dict[str, str] = {}
     if not mask.all():
         rejected = rejection_reasons(table, job, mask)
         table = table.take(np.flatnonzero(mask))
     x = F.matrix(job, table.num)
-    _, cost = costs(model, x, table.node_ids)
+    _, cost = costs(model, x, table.node_ids, prune=job.gpus == 1)
     try:
         idx, _ = choose(cost, table.node_ids, job.gpus, "max")
     except NoFeasibleCandidate as exc:
         raise NoFeasibleCandidate(exc.message, job_id=request.job_id,
-                                  details={"candidates": len(request.candidates),
+                                  details={"candidates": n_candidates,
                                            "rejected": dict(list(rejected.items())[:50])}) from None
     # For a set, the GPU that paces the job (highest predicted time) is the one whose reasons matter.
     main = int(idx[int(np.argmax(cost[idx]))])
@@ -105,19 +195,21 @@ def place(request: PlacementRequest, model: PlacementModel | None, *, top_n: int
     contributions: list[FeatureContribution] = []
     runner_contribs: list[FeatureContribution] = []
     if request.explain:
+        # Only the chosen GPU and the runner-up are explained: attribution costs far more per row than scoring.
         rows = [main] if runner_up is None else [main, runner_up]
         c = model.contributions(x[rows], exact=exact_contributions)
         contributions = _top(c[0], x[main], top_n)
         if runner_up is not None:
             runner_contribs = _top(c[1], x[runner_up], top_n)
     chosen = [table.uuids[i] for i in idx]
-    # Every value below is computed here from validated input: construct without validating again.
+    # Every value below is computed here from validated input: construct without validating again. Every field
+    # is given: a defaulted one makes model_construct inspect its default factory (~1 ms a call).
     return PlacementDecision.model_construct(
-        job_id=request.job_id, chosen_uuid=chosen[0], chosen_node=table.nodes[int(idx[0])], chosen_uuids=chosen,
-        policy="xgboost", model_version=model.version,
+        v=1, job_id=request.job_id, chosen_uuid=chosen[0], chosen_node=table.nodes[int(idx[0])],
+        chosen_uuids=chosen, policy="xgboost", fallback_reason=None, model_version=model.version,
         scores=dict(zip(table.uuids, np.round(seconds, 3).tolist(), strict=True)),
         contributions=contributions,
         runner_up_uuid=table.uuids[runner_up] if runner_up is not None else None,
         runner_up_contributions=runner_contribs, rejected=rejected,
-        latency_ms=round((time.perf_counter() - t0) * 1000.0, 3), time=utcnow(),
+        latency_ms=round((time.perf_counter() - t0) * 1000.0, 3), time=utcnow(), job=None, chosen_state=[],
     )

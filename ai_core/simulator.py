@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, fields, replace
 import numpy as np
 
 from ai_core import features as F
+from ai_core.errors import NoFeasibleCandidate
 from ai_core.policies import Policy, feasible_mask
 from ai_core.traces import TraceJob, with_defaults
 from services.gpu_physics import IDLE_SM_CLOCK_MHZ, POWER_EXPONENT, SW_THERMAL, THERMAL_TAU_S
@@ -474,7 +475,10 @@ class ClusterSim:
                 return False
         positions = np.flatnonzero(mask)
         sub = table.take(positions)
-        idx = self.policy.select(j.feat, sub, positions)
+        try:
+            idx = self.policy.select(j.feat, sub, positions)
+        except NoFeasibleCandidate:
+            return False  # the policy's own hard constraints (e.g. room for memory growth) say wait
         gpus = positions[idx]
         if self.recorder is not None:
             j.rows = self.recorder.add(F.matrix(j.feat, sub.take(idx).num))

@@ -141,7 +141,10 @@ class Placer:
             return None, "NO_MODEL"
         if code == "RESOURCE_EXHAUSTED":
             self._failures = 0
-            return None, "RESOURCE_EXHAUSTED"  # the heuristic applies the same constraints and will say so
+            # The heuristic applies the cluster's constraints (healthy, declared memory fits) and says so when
+            # nothing passes them; it does not apply the AI core's stricter room-for-growth rule, so a job refused
+            # only for that is placed by best fit. Keeping such a job queued is the scheduler's call.
+            return None, "RESOURCE_EXHAUSTED"
         return self._failed(f"AI_CORE_ERROR {resp.status_code} {code}", job_id)
 
     def _failed(self, reason: str, job_id: str) -> tuple[None, str]:

@@ -34,3 +34,16 @@ def test_learned_policy_places_jobs_where_they_run_faster_than_least_utilised(sm
     assert totals["xgboost"] < totals["least_utilised"], totals
     # One reason it is faster: it learnt that a resident model saves the load time.
     assert warm["xgboost"] > warm["least_utilised"], warm
+
+
+def test_learned_policy_never_runs_a_gpu_out_of_memory(small_booster):
+    # Jobs outgrow their declared memory (training by up to ~20 %): packing on declared memory alone ends in OOM
+    # kills, which the AI core's hard constraints (room for everyone's growth on a shared GPU) rule out.
+    seed = EVAL_SEED_BASE + 4
+    trace = synthetic_trace(500, 16, load=0.8, seed=seed)
+    world = SimParams().perturbed(seed, 0.2)
+    packed = ClusterSim(trace, make_policy("best_fit", n_gpus=16), n_gpus=16, params=world, seed=seed).run()
+    learned = ClusterSim(trace, ModelPolicy(PlacementModel(small_booster, "test", {})), n_gpus=16, params=world,
+                         seed=seed).run()
+    assert packed.oom_failures > 0  # the trace does provoke them
+    assert learned.oom_failures == 0 and learned.completed == len(trace) and learned.unfinished == 0
