@@ -203,7 +203,9 @@ async def run(args) -> dict:
 
         settings = OrchestratorSettings(database_url=dsn, nats_url=ns.url, auth_enabled=False,
                                         ingest_writers=args.writers, ingest_write_max_msgs=args.write_max_msgs,
-                                        ingest_credit=args.credit, ingest_linger_s=args.linger)
+                                        ingest_credit=args.credit, ingest_linger_s=args.linger,
+                                        **({"ingest_gc_threshold": args.gc_threshold} if args.gc_threshold is not None
+                                           else {}))
         copy_rows_per_s = await copy_ceiling(dsn, nodes, gpus, args.copy_rows, args.write_max_msgs * gpus)
         print(f"plain COPY: {copy_rows_per_s:,.0f} rows/s", flush=True)
 
@@ -328,6 +330,7 @@ async def run(args) -> dict:
             "write_max_msgs": args.write_max_msgs,
             "credit": args.credit,
             "linger_s": args.linger,
+            "gc_threshold": settings.ingest_gc_threshold,
             "nats_sync_interval": args.nats_sync or "default (2m)",
             "cpus": os.cpu_count(),
             "load_avg_1m_before": round(load_before, 2),
@@ -358,6 +361,7 @@ def main() -> int:
     p.add_argument("--write-max-msgs", type=int, default=1000)
     p.add_argument("--credit", type=int, default=4096)
     p.add_argument("--linger", type=float, default=0.025, help="ingest_linger_s")
+    p.add_argument("--gc-threshold", type=int, default=None, help="ingest_gc_threshold (default: the setting's)")
     p.add_argument("--nats-sync", default="", help="JetStream sync_interval (e.g. always, 1s); default: the server's")
     p.add_argument("--profile", action="store_true", help="cProfile the backlog phase (slows it down)")
     # child-process mode

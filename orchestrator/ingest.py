@@ -85,9 +85,13 @@ async def write_rows(conn: asyncpg.Connection, rows: list[tuple], *, maybe_store
     or found by the COPY — go through a staging table and INSERT ... ON CONFLICT DO NOTHING instead."""
     if not maybe_stored:
         try:
-            async with conn.transaction():
+            if late_from is None:
+                # One COPY statement is a transaction of its own (autocommit, durable when it returns): no
+                # BEGIN and COMMIT round trips, which at a 1 Hz trickle were most of a write's cost.
                 await conn.copy_records_to_table("gpu_samples", records=rows, columns=COLUMNS)
-                if late_from is not None:
+            else:
+                async with conn.transaction():
+                    await conn.copy_records_to_table("gpu_samples", records=rows, columns=COLUMNS)
                     await conn.execute(_LATE_MARK, late_from.isoformat())
             return len(rows)
         except asyncpg.UniqueViolationError:
@@ -267,23 +271,27 @@ class Ingest:
 
     async def _writer(self) -> None:
         limit = self.s.ingest_write_max_msgs
-        while True:
-            chunks = [await self.queue.get()]
-            n = len(chunks[0].msgs)
-            # Whatever else has queued up while the previous write ran goes in the same transaction.
-            while n < limit and not self.queue.empty():
-                nxt = self.queue.get_nowait()
-                chunks.append(nxt)
-                n += len(nxt.msgs)
-            merged = chunks[0] if len(chunks) == 1 else _merge(chunks)
-            await self._commit(merged)
-            for c in chunks:
-                self.feed.release(c.taken)
-            self.rt.metrics.ingest_held.set(self.feed.held_count + self.feed.buffered)
+        conn = _HeldConnection(self.rt)
+        try:
+            while True:
+                chunks = [await self.queue.get()]
+                n = len(chunks[0].msgs)
+                # Whatever else has queued up while the previous write ran goes in the same transaction.
+                while n < limit and not self.queue.empty():
+                    nxt = self.queue.get_nowait()
+                    chunks.append(nxt)
+                    n += len(nxt.msgs)
+                merged = chunks[0] if len(chunks) == 1 else _merge(chunks)
+                await self._commit(merged, conn)
+                for c in chunks:
+                    self.feed.release(c.taken)
+                self.rt.metrics.ingest_held.set(self.feed.held_count + self.feed.buffered)
+        finally:
+            await conn.release()
 
-    async def _commit(self, chunk: Chunk) -> None:
+    async def _commit(self, chunk: Chunk, conn: _HeldConnection) -> None:
         t0 = time.perf_counter()
-        stored, poisoned = await self._write_until_committed(chunk)
+        stored, poisoned = await self._write_until_committed(chunk, conn)
         m = self.rt.metrics
         m.ingest_write_seconds.observe(time.perf_counter() - t0)
         good = [msg for i, msg in enumerate(chunk.msgs) if i not in poisoned] if poisoned else chunk.msgs
@@ -316,22 +324,23 @@ class Ingest:
             except Exception:
                 log.exception("sample listener failed", extra={"listener": getattr(listener, "__qualname__", "?")})
 
-    async def _write_until_committed(self, chunk: Chunk) -> tuple[int, set[int]]:
+    async def _write_until_committed(self, chunk: Chunk, conn: _HeldConnection) -> tuple[int, set[int]]:
         """Retry with back-off while PostgreSQL is down (or refuses writes): nothing is acked meanwhile, and the
         feed keeps the held messages from being redelivered. A batch the database rejects as data (a value
         it cannot store) is written message by message and the culprits are dead-lettered."""
         delay = 0.2
         while True:
             try:
-                async with self.rt.db() as conn:
-                    stored = await write_rows(conn, chunk.rows, maybe_stored=chunk.redelivered,
-                                              late_from=chunk.oldest)
+                stored = await write_rows(await conn.get(), chunk.rows, maybe_stored=chunk.redelivered,
+                                          late_from=chunk.oldest)
                 if delay > 0.2:
                     log.info("database back: batch stored", extra={"messages": len(chunk.msgs)})
                 return stored, set()
             except DATA_ERRORS:
+                await conn.release()
                 return await self._write_one_by_one(chunk)
             except Exception as exc:
+                await conn.release()  # whatever state it is in, a fresh one from the pool is the safe retry
                 # Not the data's fault (database down, read-only, disk full, a bug): keep the messages, retry.
                 self.rt.metrics.ingest_db_errors.inc()
                 log.log(logging.WARNING if isinstance(exc, DB_DOWN_ERRORS) else logging.ERROR,
@@ -388,6 +397,33 @@ def tune_gc(threshold: int) -> None:
     _, g1, g2 = gc.get_threshold()
     gc.set_threshold(threshold, max(g1, 50), max(g2, 100))
     log.info("garbage collector tuned for ingest", extra={"gc_threshold": gc.get_threshold()})
+
+
+class _HeldConnection:
+    """A writer's own database connection, kept from one write to the next: taking one from the pool and giving
+    it back for every transaction costs the pool's reset query (a round trip and a few statements in PostgreSQL)
+    each time. Given back after any failure, so a retry starts on a fresh connection (after a PostgreSQL restart
+    the old one is dead), and when the writer stops."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self._ctx = None
+        self._conn: asyncpg.Connection | None = None
+
+    async def get(self) -> asyncpg.Connection:
+        if self._conn is None:
+            ctx = self.rt.db()
+            self._conn = await ctx.__aenter__()
+            self._ctx = ctx
+        return self._conn
+
+    async def release(self) -> None:
+        ctx, self._ctx, self._conn = self._ctx, None, None
+        if ctx is not None:
+            try:
+                await ctx.__aexit__(None, None, None)
+            except Exception:
+                pass  # a broken connection: the pool closes it; nothing else to do
 
 
 def _merge(chunks: list[Chunk]) -> Chunk:

@@ -15,7 +15,7 @@ from orchestrator.api.telemetry import parse_bucket, parse_fields, parse_time
 from orchestrator.cluster import Cluster
 from orchestrator.dcgm import DcgmExporter
 from orchestrator.errors import InvalidRequest
-from orchestrator.ingest import COLUMNS, sample_row, times_delivered
+from orchestrator.ingest import COLUMNS, _HeldConnection, sample_row, times_delivered
 from orchestrator.pullfeed import PullFeed
 from services.schemas import GpuInventory, GpuProcess, Heartbeat, TelemetryBatch
 from tests.ingest.support import sample
@@ -107,6 +107,40 @@ async def test_pull_feed_accounting():
     # A status without counts (a reset server, a deleted consumer) forgets what was asked for.
     await feed._on_msg(_msg(data=b"", reply="", headers={"Status": "409", "Description": "Consumer Deleted"}))
     assert feed.outstanding == 0 and feed.consumer_gone
+
+
+class _FakePool:
+    """rt.db() stand-in: counts connections taken and given back."""
+
+    def __init__(self):
+        self.taken = 0
+        self.given_back = 0
+
+    def db(self):
+        pool = self
+
+        class _Ctx:
+            async def __aenter__(self):
+                pool.taken += 1
+                return f"conn-{pool.taken}"
+
+            async def __aexit__(self, *exc):
+                pool.given_back += 1
+
+        return _Ctx()
+
+
+async def test_writer_keeps_its_connection_until_a_failure():
+    pool = _FakePool()
+    held = _HeldConnection(pool)
+    # Kept from one write to the next: the pool's reset query is not paid per transaction.
+    assert await held.get() == "conn-1" and await held.get() == "conn-1" and pool.taken == 1
+    # After a failure it is given back and the retry takes a fresh one.
+    await held.release()
+    assert pool.given_back == 1 and await held.get() == "conn-2"
+    await held.release()
+    await held.release()  # nothing held: nothing given back twice
+    assert (pool.taken, pool.given_back) == (2, 2)
 
 
 def test_dcgm_exporter_output():
