@@ -1,5 +1,4 @@
-"""PostgreSQL stops under a working cluster and comes back (OUTAGE_S, shortened from the issue's 30 s to keep the
-suite's budget; it still spans two ingest ack waits): the job API answers 503 DATABASE_UNAVAILABLE at once
+"""PostgreSQL stops under a working cluster for 30 s and comes back: the job API answers 503 DATABASE_UNAVAILABLE at once
 and never hangs, the orchestrator stays alive, a job that ends during the outage is recorded once afterwards,
 and ingest catches up with every sample stored exactly once."""
 
@@ -28,7 +27,7 @@ from tests.faults.support import (
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(200)]
 
-OUTAGE_S = 6.0
+OUTAGE_S = 30.0
 ANSWER_WITHIN_S = 25.0  # the client's timeout: an answer must come before it (the 503 comes in well under)
 
 
