@@ -1,7 +1,8 @@
 """The orchestrator's placement client: asks the AI core, falls back to a documented heuristic, records decisions.
 
 Fallback heuristic (used when the AI core has no model, cannot be reached, times out or errs): among the
-candidates that pass the hard constraints (healthy, fits in unreserved memory), best fit on memory - the GPU
+candidates that pass the AI core's hard constraints (healthy, fits in unreserved memory with room for the peaks of
+the jobs sharing the GPU, `ai_core.policies.memory_safe_mask`), best fit on memory - the GPU
 left with the least unreserved memory after placing - then least utilised; for a multi-GPU job, the node whose
 best-fitting GPUs leave the least memory over in total. The decision says `policy="heuristic"` and why, in
 `fallback_reason`: NO_MODEL, TIMEOUT, UNREACHABLE, CIRCUIT_OPEN or AI_CORE_ERROR <status> <code>.
@@ -23,7 +24,7 @@ from pydantic import ValidationError
 
 from ai_core.errors import NoFeasibleCandidate
 from ai_core.features import table_from_candidates
-from ai_core.policies import SET_AGG, choose, feasible_mask, heuristic_scores, rejection_reasons
+from ai_core.policies import SET_AGG, choose, heuristic_scores, memory_safe_mask, rejection_reasons
 from orchestrator.errors import ResourceExhausted
 from services import subjects
 from services.schemas.base import utcnow
@@ -50,7 +51,9 @@ def heuristic_decision(job_id: str | None, job: JobFeatures, candidates: list[Ca
     """The documented fallback. Raises ResourceExhausted when no candidate (or no node with enough) fits."""
     t0 = time.perf_counter()
     table = table_from_candidates(candidates)
-    mask = feasible_mask(table, job)
+    # The AI core's own hard constraints, memory growth included: a fallback must not pack jobs onto a GPU that
+    # their peaks would run out of memory (nor place what the AI core just refused as RESOURCE_EXHAUSTED).
+    mask = memory_safe_mask(table, job)
     rejected = rejection_reasons(table, job, mask) if not mask.all() else {}
     if not mask.all():
         table = table.take(np.flatnonzero(mask))

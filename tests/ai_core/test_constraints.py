@@ -87,3 +87,16 @@ def test_growth_allowances_cover_the_simulated_worlds():
         world = SimParams().perturbed(seed, 0.2)
         for t, (_, hi) in zip(F.JOB_TYPES, world.mem_growth, strict=True):
             assert hi <= MEM_GROWTH[t], (seed, t, hi)
+
+
+def test_the_orchestrators_fallback_keeps_the_growth_constraint():
+    from orchestrator.errors import ResourceExhausted
+    from orchestrator.placement import heuristic_decision
+
+    # Best fit alone would pick the shared GPU (tightest); its co-runner's growth rules it out.
+    shared = gpu(0, mem_free_mb=81559 - 40000, mem_used_mb=40000, jobs_running=1, job_types=["training"])
+    d = heuristic_decision("j1", job(gpu_mem_mb=30000, job_type="training"), [shared, gpu(1)], "NO_MODEL")
+    assert d.chosen_uuid == "GPU-n1-1" and d.policy == "heuristic" and d.fallback_reason == "NO_MODEL"
+    assert d.rejected["GPU-n1-0"].endswith("leave no room for growth")
+    with pytest.raises(ResourceExhausted):
+        heuristic_decision("j2", job(gpu_mem_mb=30000, job_type="training"), [shared], "NO_MODEL")
