@@ -3,6 +3,7 @@ transaction, then log, publish on NATS, push to live clients and tell the schedu
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
@@ -44,16 +45,26 @@ class Lifecycle:
     async def apply(self, transitions: Sequence[Transition], *,
                     extra: Callable[[asyncpg.Connection, list[Applied]], Awaitable[None]] | None = None,
                     fence: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
+                    also_lock: Sequence[str] = (), locked: asyncio.Event | None = None,
                     ) -> tuple[list[Applied], list[tuple[Transition, Refused]]]:
-        """Apply in order (several for one job are fine); returns what applied and what was refused, and why."""
+        """Apply in order (several for one job are fine); returns what applied and what was refused, and why.
+
+        `also_lock`: more jobs whose rows `extra` writes about (log lines), locked with the others. `locked` is set
+        once this transaction holds every row lock it will take: a transaction started after that and touching
+        the same jobs waits for this one's commit, so the two apply in order."""
         applied: list[Applied] = []
         refused: list[tuple[Transition, Refused]] = []
         if not transitions and extra is None:
+            if locked is not None:
+                locked.set()
             return applied, refused
         async with db.connection(self.rt, transaction=True) as conn:
             if fence is not None:
                 await fence(conn)
-            jobs = await store.lock_jobs(conn, [t.job_id for t in transitions]) if transitions else {}
+            ids = [t.job_id for t in transitions] + list(also_lock)
+            jobs = await store.lock_jobs(conn, ids) if ids else {}
+            if locked is not None:
+                locked.set()
             for t in transitions:
                 job = jobs.get(t.job_id)
                 if job is None:

@@ -111,18 +111,30 @@ async def follow(rt: Runtime, job_id: str, *, limit_lines: int) -> AsyncIterator
     try:
         async with db.connection(rt) as conn:
             rows = await store.logs(conn, job_id, limit=limit_lines)
+        last_id = max((r["id"] for r in rows), default=0)
         for r in rows:
             if seen.add(r["attempt"], r["seq"]):
                 yield sse("log", {"attempt": r["attempt"], "seq": r["seq"], "stream": r["stream"], "line": r["line"],
                                   "time": r["time"].isoformat()})
         loop = asyncio.get_running_loop()
         last_check = 0.0
-        last_sent = loop.time()
+        last_sent = first_check = loop.time()
         while True:
             final = None
             if loop.time() - last_check >= RECHECK_S:
                 last_check = loop.time()
                 final = await _final(rt, job_id)
+                if final is None and last_check > first_check:
+                    # A line published before our subscription took effect but stored only after the first read
+                    # came neither way: the stored lines are looked at again (the seen bits skip the rest).
+                    async with db.connection(rt) as conn:
+                        rows = await store.logs(conn, job_id, after_id=last_id, limit=limit_lines)
+                    for r in rows:
+                        last_id = max(last_id, r["id"])
+                        if seen.add(r["attempt"], r["seq"]):
+                            last_sent = loop.time()
+                            yield sse("log", {"attempt": r["attempt"], "seq": r["seq"], "stream": r["stream"],
+                                              "line": r["line"], "time": r["time"].isoformat()})
             if final is None:
                 try:
                     msg = await asyncio.wait_for(queue.get(), timeout=RECHECK_S)

@@ -119,7 +119,7 @@ class Job:
         return new
 
     def row_values(self) -> tuple:
-        """Parameters of store.UPDATE_JOB (mutable columns), in its order."""
+        """One job's values for store.UPDATE_JOBS (mutable columns), in its order."""
         return (self.id, self.state.value, self.attempt, self.lost_count, self.node, _json(self.assignment),
                 _json(self.placement), self.exit_code, _json(self.result), self.error, self.reason, self.pid,
                 self.cancel_requested_at, self.scheduled_at, self.started_at, self.finished_at, self.state_since)

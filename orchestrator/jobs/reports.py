@@ -82,34 +82,83 @@ class Reports:
         psub = await self.rt.js.pull_subscribe_bind(durable=self.s.job_reports_consumer, stream=JOBS_STREAM)
         log.info("job reports consumer started", extra={"consumer": self.s.job_reports_consumer})
         batch = self.s.job_reports_batch
+        ahead: tuple[float, asyncio.Task] | None = None
+        applying: asyncio.Task | None = None  # the latest batch being applied
         try:
             while True:
-                started = time.monotonic()
+                # Two things overlap under load, where each used to wait for the other: the next batch is fetched
+                # while one is applied, and a batch's transaction starts as soon as the previous one holds its row
+                # locks (a job in both then waits for that commit, so reports of one job still apply in order).
+                # Each batch is acked after its own commit.
+                started, fetch = ahead or (time.monotonic(), asyncio.create_task(self._fetch(psub, batch)))
+                ahead = None
                 try:
-                    # A batch fetch waits for a full batch or its timeout, so a lone report would wait the whole
-                    # timeout: long-poll for one (returns as soon as it arrives), then take what else is there
-                    # with a short fetch.
-                    msgs = await psub.fetch(1, timeout=IDLE_POLL_S)
-                    if batch > 1:
-                        try:
-                            msgs += await psub.fetch(batch - 1, timeout=self.s.job_reports_fetch_s)
-                        except Exception:  # (a timeout: nothing more right now) the first is handled anyway
-                            pass
+                    msgs = await fetch
                 except (TimeoutError, NatsTimeout):
+                    if applying is not None:
+                        await applying
+                        applying = None
                     await self._note_caught_up(psub, started)
                     continue
                 except Exception as exc:  # NATS reconnecting
                     log.warning("job reports fetch failed", extra={"error": repr(exc)})
                     await asyncio.sleep(0.5)
                     continue
-                await self.handle_until_done(msgs)
-                if len(msgs) < batch:
-                    await self._note_caught_up(psub, started)
+                ahead = (time.monotonic(), asyncio.create_task(self._fetch(psub, batch)))
+                locked = asyncio.Event()
+                applying = asyncio.create_task(self._apply(psub, msgs, locked, applying,
+                                                           started if len(msgs) < batch else None))
+                until_locked = asyncio.create_task(locked.wait())
+                await asyncio.wait({applying, until_locked}, return_when=asyncio.FIRST_COMPLETED)
+                until_locked.cancel()
+                if applying.done():
+                    applying.result()  # (raises what it raised)
         finally:
+            if applying is not None:
+                applying.cancel()
+                await asyncio.wait({applying})
+            if ahead is not None:
+                await self._drop(ahead[1])
             try:
                 await psub.unsubscribe()
             except Exception as exc:
                 log.warning("job reports subscription not closed", extra={"error": repr(exc)})
+
+    async def _apply(self, psub, msgs, locked: asyncio.Event, before: asyncio.Task | None,
+                     caught_up_as_of: float | None) -> None:
+        try:
+            await self.handle_until_done(msgs, locked)
+        finally:
+            locked.set()
+            if before is not None:
+                await before  # (earlier batches finish first: caught up means everything before is applied)
+        if caught_up_as_of is not None:
+            await self._note_caught_up(psub, caught_up_as_of)
+
+    async def _fetch(self, psub, batch: int) -> list:
+        # A batch fetch waits for a full batch or its timeout, so a lone report would wait the whole timeout:
+        # long-poll for one (returns as soon as it arrives), then take what else is there with a short fetch.
+        msgs = await psub.fetch(1, timeout=IDLE_POLL_S)
+        if batch > 1:
+            try:
+                msgs += await psub.fetch(batch - 1, timeout=self.s.job_reports_fetch_s)
+            except Exception:  # (a timeout: nothing more right now) the first is handled anyway
+                pass
+        return msgs
+
+    @staticmethod
+    async def _drop(task: asyncio.Task) -> None:
+        """Stopping with a batch fetched ahead: hand its reports back unapplied (nak), for whoever leads next."""
+        task.cancel()
+        try:
+            msgs = await task
+        except BaseException:
+            return
+        for msg in msgs:
+            try:
+                await msg.nak()
+            except Exception:
+                pass
 
     async def _note_caught_up(self, psub, started: float) -> None:
         """Nothing more was delivered to us: caught up as of `started`, unless reports are still pending or held
@@ -126,11 +175,11 @@ class Reports:
         self.caught_up_at = started
         self.progress.set()
 
-    async def handle_until_done(self, msgs) -> None:
+    async def handle_until_done(self, msgs, locked: asyncio.Event | None = None) -> None:
         delay = 0.2
         while True:
             try:
-                await self.handle(msgs)
+                await self.handle(msgs, locked)
                 return
             except DatabaseUnavailable as exc:
                 log.warning("job reports not applied, retrying", extra={"error": exc.message, "retry_in_s": delay})
@@ -151,7 +200,7 @@ class Reports:
                         pass
                 return
 
-    async def handle(self, msgs) -> None:
+    async def handle(self, msgs, locked: asyncio.Event | None = None) -> None:
         m = self.sched.metrics
         transitions: list[Transition] = []
         log_rows: list[tuple] = []
@@ -200,8 +249,11 @@ class Reports:
         async def store_logs(conn, _applied) -> None:
             await store.insert_logs(conn, log_rows)
 
+        # The jobs of the log lines are locked too: their inserts take a key-share lock on those jobs' rows, and
+        # taking it after `locked` (while a later batch may hold one of those rows) could deadlock.
         applied, refused = await self.sched.lifecycle.apply(
-            transitions, extra=store_logs if log_rows else None, fence=self.sched.fence)
+            transitions, extra=store_logs if log_rows else None, fence=self.sched.fence,
+            also_lock=sorted({r[0] for r in log_rows}), locked=locked)
         for msg in msgs:
             try:
                 await msg.ack()

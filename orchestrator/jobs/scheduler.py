@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -37,6 +38,36 @@ AI_CORE_DOWN = ("UNREACHABLE", "TIMEOUT", "CIRCUIT_OPEN", "AI_CORE_ERROR", "plac
 SERIAL_FOR_S = 5.0
 DEFER_RECHECK_S = 30.0
 _RANK = {JobState.PENDING: 0, JobState.SCHEDULED: 1, JobState.RUNNING: 2}
+# A pass commits what it has decided at least this often, so slow decisions (AI core) do not delay the first ones.
+COMMIT_AFTER_S = 0.05
+
+
+@dataclass
+class _Decided:
+    transition: Transition  # PENDING -> SCHEDULED, with the assignment
+    decision: PlacementDecision
+
+
+class _BatchedInserts:
+    """Stands in for the transaction's connection while the placer records decisions: its single-row inserts
+    (`fetchval`) are gathered and sent as one `executemany` by `flush`, instead of one round trip per job inside
+    the scheduler's transaction. Anything else goes straight to the connection. (The row ids are not used.)"""
+
+    def __init__(self, conn) -> None:
+        self._conn = conn
+        self._rows: dict[str, list[tuple]] = {}
+
+    async def fetchval(self, sql: str, *args, **_kw) -> int:
+        self._rows.setdefault(sql, []).append(args)
+        return 0
+
+    def __getattr__(self, name: str):
+        return getattr(self._conn, name)
+
+    async def flush(self) -> None:
+        for sql, rows in self._rows.items():
+            await self._conn.executemany(sql, rows)
+        self._rows.clear()
 
 
 def placement_summary(d: PlacementDecision, offered: int) -> dict:
@@ -230,7 +261,12 @@ class Scheduler:
                 self.wake.set()  # more may be waiting: go again without the timeout
 
     async def pass_once(self) -> int:
-        """One pass over the queue; returns how many jobs were placed."""
+        """One pass over the queue; returns how many jobs were placed.
+
+        Decisions are taken a chunk at a time (the placement service is asked for a chunk concurrently, and each
+        chunk sees the memory the previous ones took), but committed together: one transaction (and one fsync)
+        for up to `job_scheduler_batch` jobs, or for what was decided in COMMIT_AFTER_S, whichever comes first.
+        Per-chunk commits made a burst wait on one round of database round trips per 32 jobs."""
         if not self.queue or not self.rt.nc.is_connected:
             return 0  # without NATS a dispatch could not be acknowledged: placing now would only bounce jobs
         pool = build_pool(self.acc)
@@ -239,26 +275,41 @@ class Scheduler:
         usage = dict(self.acc.tenant_gpus)
         now = time.monotonic()
         chunk: list[tuple[Job, np.ndarray]] = []
+        decided: list[_Decided] = []  # reserved in memory, not committed yet
+        first = 0.0
         placed = 0
         max_free = pool.max_free
-        for job in self.queue.ordered(usage):
-            if job.gpu_mem_mb > max_free:
-                continue  # fits nowhere right now: it waits (smaller jobs behind it may go)
-            if job.deferrable and not await self._may_start(job, now):
-                continue  # waiting for a cleaner window (carbon-aware deferral)
-            pos = select(pool, job.gpu_mem_mb, job.gpus, self.s.job_placement_max_candidates,
-                         self._avoided(job.id, now), self._resident(job.model))
-            if len(pos) < job.gpus:
-                continue
-            chunk.append((job, pos))
-            if len(chunk) >= self.s.job_placement_concurrency:
-                placed += await self._place_chunk(chunk, pool, usage)
-                chunk = []
-                max_free = pool.max_free
-                if placed >= self.s.job_scheduler_batch:
-                    break
-        if chunk:
-            placed += await self._place_chunk(chunk, pool, usage)
+        try:
+            for job in self.queue.ordered(usage):
+                if job.gpu_mem_mb > max_free:
+                    continue  # fits nowhere right now: it waits (smaller jobs behind it may go)
+                if job.deferrable and not await self._may_start(job, now):
+                    continue  # waiting for a cleaner window (carbon-aware deferral)
+                pos = select(pool, job.gpu_mem_mb, job.gpus, self.s.job_placement_max_candidates,
+                             self._avoided(job.id, now), self._resident(job.model))
+                if len(pos) < job.gpus:
+                    continue
+                chunk.append((job, pos))
+                if len(chunk) >= self.s.job_placement_concurrency:
+                    if not decided:
+                        first = time.monotonic()
+                    decided += await self._decide_chunk(chunk, pool, usage)
+                    chunk = []
+                    max_free = pool.max_free
+                    if placed + len(decided) >= self.s.job_scheduler_batch:
+                        break
+                    if decided and time.monotonic() - first >= COMMIT_AFTER_S:
+                        # Deciding is slow (the AI core answers): do not hold the first decisions back longer.
+                        batch, decided = decided, []
+                        placed += await self._commit(batch)
+            if chunk:
+                decided += await self._decide_chunk(chunk, pool, usage)
+        except BaseException:
+            for d in decided:
+                self.acc.release(d.transition.job_id)
+            raise
+        if decided:
+            placed += await self._commit(decided)
         return placed
 
     async def _may_start(self, job: Job, now: float) -> bool:
@@ -328,7 +379,10 @@ class Scheduler:
                 return by_node[node]
         return None
 
-    async def _place_chunk(self, chunk: list[tuple[Job, np.ndarray]], pool: Pool, usage: dict[str, float]) -> int:
+    async def _decide_chunk(self, chunk: list[tuple[Job, np.ndarray]], pool: Pool, usage: dict[str, float]
+                            ) -> list[_Decided]:
+        """Decide where each job of the chunk goes and reserve its memory (in `pool` and the accounting); the
+        caller commits, or releases the reservations if it cannot."""
         if time.monotonic() < self._serial_until:
             # The AI core is failing: asking for a whole chunk at once would send every request of the chunk
             # into the same connection errors or timeouts. One at a time, the placer's breaker stops them.
@@ -337,8 +391,7 @@ class Scheduler:
             results = await asyncio.gather(*(self._decide(job, pool, pos) for job, pos in chunk))
         if any(d.policy == "heuristic" and (d.fallback_reason or "").startswith(AI_CORE_DOWN) for d, _ in results):
             self._serial_until = time.monotonic() + SERIAL_FOR_S
-        transitions: list[Transition] = []
-        decisions: dict[str, PlacementDecision] = {}
+        out: list[_Decided] = []
         for (job, pos), (decision, took) in zip(chunk, results, strict=True):
             self.metrics.placement_latency.observe(took)
             uuids = self._choose(decision, job, pool)
@@ -349,23 +402,30 @@ class Scheduler:
             self.acc.reserve(job.id, job.tenant, uuids, job.gpu_mem_mb, job.job_type, job.model)
             usage[job.tenant] = usage.get(job.tenant, 0.0) + len(uuids)
             gpus = [pool.gpus[pool.pos[u]] for u in uuids]
-            decisions[job.id] = decision
-            transitions.append(Transition(
+            out.append(_Decided(Transition(
                 job.id, JobState.SCHEDULED, only_from=FROM_PENDING, assign_node=gpus[0].node,
                 assignment=[{"uuid": g.uuid, "index": g.index} for g in gpus],
                 placement=placement_summary(decision, len(pos)),
-                reason=f"placed on {gpus[0].node} by {decision.policy}"))
-        if not transitions:
-            return 0
+                reason=f"placed on {gpus[0].node} by {decision.policy}"), decision))
+        return out
+
+    async def _commit(self, decided: list[_Decided]) -> int:
+        """PENDING -> SCHEDULED for every decided job, with their placement rows, in one fenced transaction; then
+        dispatch them all (concurrently: each is its own task)."""
+        decisions = {d.transition.job_id: d.decision for d in decided}
+
         async def record(conn, applied) -> None:
-            await self.placement.record(conn, [decisions[a.job.id] for a in applied
+            rows = _BatchedInserts(conn)
+            await self.placement.record(rows, [decisions[a.job.id] for a in applied
                                                if a.job.state == JobState.SCHEDULED])
+            await rows.flush()
 
         try:
-            applied, refused = await self.lifecycle.apply(transitions, fence=self.fence, extra=record)
+            applied, refused = await self.lifecycle.apply([d.transition for d in decided], fence=self.fence,
+                                                          extra=record)
         except BaseException:
-            for t in transitions:
-                self.acc.release(t.job_id)
+            for d in decided:
+                self.acc.release(d.transition.job_id)
             raise
         for t, why in refused:
             # No longer PENDING in the database (cancelled from another replica, say): drop our copy.

@@ -79,6 +79,40 @@ async def test_no_double_run_and_no_overcommit_under_concurrent_submissions(http
             assert kinds["SCHEDULED"] == 1 and kinds["RUNNING"] == 1 and kinds["SUCCEEDED"] == 1
 
 
+async def test_a_burst_is_placed_in_batches_with_one_decision_row_per_job(stack, http, nc):
+    """A scheduler pass commits many placements in one transaction, recording the decisions together: every job
+    still gets exactly one SCHEDULED event and one `placements` row, matching its assignment."""
+    import asyncpg
+
+    async def short(agent, run):
+        return JobState.SUCCEEDED, 0, None
+
+    async with fake_agent(nc, http, gpus=4, mem_total_mb=80000, behaviour=short) as a:
+        await submit_when_ready(http, {"name": "warm", **CMD, "gpu_mem_mb": 100})
+
+        async def one(n: int) -> str:
+            r = await http.post("/v1/jobs", json={"name": f"burst{n}", **CMD, "gpu_mem_mb": 100}, headers=headers())
+            assert r.status_code == 201, r.text
+            return r.json()["job_id"]
+
+        ids = await asyncio.gather(*(one(n) for n in range(120)))
+        for jid in ids:
+            await wait_state(http, jid, "SUCCEEDED", within=60)
+        assert all(n == 1 for n in Counter(d.job_id for d in a.dispatches if d.job_id in ids).values())
+    conn = await asyncpg.connect(stack["dsn"])
+    try:
+        rows = await conn.fetch("SELECT p.job_id, count(*) AS n, min(p.chosen_uuid) AS uuid, "
+                                "min(j.assignment->0->>'uuid') AS assigned FROM placements p "
+                                "JOIN jobs j ON j.id = p.job_id WHERE p.job_id = ANY($1::text[]) GROUP BY p.job_id",
+                                ids)
+        scheduled = await conn.fetchval("SELECT count(*) FROM job_events WHERE job_id = ANY($1::text[]) "
+                                        "AND to_state = 'SCHEDULED'", ids)
+    finally:
+        await conn.close()
+    assert len(rows) == len(ids) and all(r["n"] == 1 and r["uuid"] == r["assigned"] for r in rows)
+    assert scheduled == len(ids)
+
+
 async def test_unacknowledged_dispatch_goes_back_to_the_queue_and_elsewhere(http, nc):
     # Best fit sends the job to the smallest GPUs first: the silent node, then the refusing one.
     async with fake_agent(nc, http, gpus=1, mem_total_mb=16000, reply="silent") as silent, \

@@ -87,7 +87,9 @@ async def test_result_live_logs_and_gpu_pinning(stack, http):
                     data = orjson.loads(line[6:])
                     seen.append((event, data))
                     if event == "log" and data["line"].startswith("gpu"):
-                        assert (await http.get(f"/v1/jobs/{jid}", headers=headers())).json()["state"] == "RUNNING"
+                        # Live: the job has not ended when its first line arrives. (Its RUNNING report may still be
+                        # committing: the line comes straight off the bus, the state through the database.)
+                        assert (await wait_state(http, jid, "RUNNING"))["finished_at"] is None
         job = await wait_state(http, jid, "SUCCEEDED")
         assert job["result"] == {"loss": 0.25, "job": jid} and job["exit_code"] == 0
         logs = [d["line"] for e, d in seen if e == "log" and d["stream"] == "stdout"]
