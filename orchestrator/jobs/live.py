@@ -91,20 +91,23 @@ async def start(rt: Runtime) -> None:
 
     await rt.nc.subscribe(subjects.JOB_LOG_ALL, cb=on_log)
 
-    async def jobs_part() -> dict[str, Any]:
+    async def jobs_part(principal: Any) -> dict[str, Any]:
+        # A tenant's token sees its own tenant's jobs only (as over HTTP); admins and cluster-wide tokens all.
+        tenant = getattr(principal, "tenant", None)
         try:
             async with db.connection(rt, timeout_s=5) as conn:
-                queued = await store.list_jobs(conn, states=["PENDING"], tenant=None, limit=SNAPSHOT_LIMIT)
-                running = await store.list_jobs(conn, states=["SCHEDULED", "RUNNING"], tenant=None,
+                queued = await store.list_jobs(conn, states=["PENDING"], tenant=tenant, limit=SNAPSHOT_LIMIT)
+                running = await store.list_jobs(conn, states=["SCHEDULED", "RUNNING"], tenant=tenant,
                                                 limit=SNAPSHOT_LIMIT)
                 rows = await conn.fetch("SELECT * FROM jobs WHERE finished_at IS NOT NULL "
-                                        "ORDER BY finished_at DESC LIMIT 50")
+                                        "AND ($1::text IS NULL OR tenant = $1) ORDER BY finished_at DESC LIMIT 50",
+                                        tenant)
         except DatabaseUnavailable as exc:
             return {"queued": [], "running": [], "recent": [], "error": exc.message}
         return {"queued": [j.summary() for j in queued], "running": [j.summary() for j in running],
                 "recent": [Job.from_row(r).summary() for r in rows]}
 
-    rt.hub.snapshot_parts["jobs"] = jobs_part
+    rt.hub.scoped_parts["jobs"] = jobs_part
 
 
 def sse(event: str, data: Any) -> bytes:
