@@ -481,7 +481,7 @@ class JobRunner:
         job.seq += 1
         msg = JobLogLine(job_id=job.cmd.job_id, attempt=job.cmd.attempt, seq=seq, stream=stream, line=line,
                          time=utcnow())
-        self.outbox.put(Item(subjects.job_log(job.cmd.job_id), msg.to_bytes(),
+        self.outbox.put(Item(subjects.job_log(job.cmd.job_id, self.node), msg.to_bytes(),
                              f"{job.cmd.job_id}.{job.cmd.attempt}.log.{seq}", droppable=True, batchable=True))
         self.metrics.job_log_lines.inc()
 
@@ -492,7 +492,7 @@ class JobRunner:
         # State changes are never dropped from the buffer; the id makes a re-sent one a no-op in JetStream.
         # A final state stays marked unsent in the state file until stored, and is sent again after a restart.
         on_stored = (lambda: self.store.unsent.discard(final_key)) if final_key else None
-        self.outbox.put(Item(subjects.job_state(event.job_id), event.to_bytes(),
+        self.outbox.put(Item(subjects.job_report(event.job_id, self.node), event.to_bytes(),
                              f"{event.job_id}.{event.attempt}.state.{event.state.value}", droppable=False,
                              on_stored=on_stored))
 

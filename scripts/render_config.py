@@ -42,13 +42,14 @@ def _list(items: list[str]) -> str:
 
 
 def agent_permissions(node: str) -> dict[str, list[str]]:
-    """What the agent of `node` may do on the bus: its own subjects only (plus job reports and replies).
+    """What the agent of `node` may do on the bus: its own subjects only (its job reports and output carry its
+    node in the subject, so it cannot report on another node's job), and replies.
     It may create the two streams it publishes into (an agent can start before the orchestrator; creating
     a stream that exists with another configuration fails) but not update or delete them."""
     streams = (subjects.TELEMETRY_STREAM, JOBS_STREAM)
     return {
-        "publish": [subjects.telemetry(node), subjects.heartbeat(node), subjects.JOB_STATE_ALL,
-                    subjects.JOB_LOG_ALL, f"{subjects.PREFIX}.alerts.*.{node}", f"{subjects.DEADLETTER_PREFIX}.>",
+        "publish": [subjects.telemetry(node), subjects.heartbeat(node), *subjects.agent_job_subjects(node),
+                    f"{subjects.PREFIX}.alerts.*.{node}", f"{subjects.DEADLETTER_PREFIX}.>",
                     "$JS.API.INFO", *(f"$JS.API.STREAM.{op}.{s}" for s in streams for op in ("INFO", "CREATE"))],
         # _INBOX.> carries the JetStream publish acknowledgements and request replies.
         "subscribe": [f"{subjects.PREFIX}.cmd.{node}.>", "_INBOX.>"],
@@ -61,7 +62,8 @@ def readonly_permissions() -> dict[str, list[str]]:
     on a shared durable consumer would steal the orchestrator's messages)."""
     return {
         "publish": ["$JS.API.INFO", "$JS.API.STREAM.NAMES", "$JS.API.STREAM.LIST", "$JS.API.STREAM.INFO.*"],
-        "subscribe": [subjects.TELEMETRY_ALL, subjects.HEARTBEAT_ALL, subjects.JOB_STATE_ALL, subjects.ALERTS_ALL,
+        "subscribe": [subjects.TELEMETRY_ALL, subjects.HEARTBEAT_ALL, subjects.JOB_STATE_ALL, subjects.JOB_REPORT_ALL,
+                      subjects.ALERTS_ALL,
                       subjects.PLACEMENT, subjects.CLUSTER, subjects.MODEL_UPDATED, "_INBOX.>"],
     }
 

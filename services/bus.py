@@ -81,7 +81,7 @@ JOBS_STREAM = "AETHER_JOBS"
 
 async def ensure_jobs_stream(js: JetStreamContext, *, max_age_s: float = 7 * 24 * 3600, replicas: int = 1) -> None:
     """Job states and logs are kept in a stream so a report sent while the orchestrator is down is not lost."""
-    await ensure_stream(js, JOBS_STREAM, [subjects.JOB_STATE_ALL, subjects.JOB_LOG_ALL],
+    await ensure_stream(js, JOBS_STREAM, [subjects.JOB_STATE_ALL, subjects.JOB_REPORT_ALL, subjects.JOB_LOG_ALL],
                         max_age_s=max_age_s, replicas=replicas)
 
 

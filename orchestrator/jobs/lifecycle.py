@@ -115,7 +115,7 @@ class Lifecycle:
                 await self._publish(a)
         if self.rt.hub.clients:  # (building the views costs; nobody may be watching)
             for job in latest.values():
-                self.rt.hub.publish({"type": "job", "job": job.summary()})
+                self.rt.hub.publish({"type": "job", "job": job.summary()}, tenant=job.tenant)
         for listener in self.listeners:
             try:
                 listener(applied)
@@ -136,7 +136,7 @@ class Lifecycle:
             except Exception as exc:
                 log.warning("job state event not published", extra={"job_id": job.id, "error": repr(exc)})
             if self.rt.hub.clients:
-                self.rt.hub.publish({"type": "job", "job": job.summary()})
+                self.rt.hub.publish({"type": "job", "job": job.summary()}, tenant=job.tenant)
 
     async def _publish(self, a: Applied) -> None:
         job, t = a.job, a.transition

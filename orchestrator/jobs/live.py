@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -31,9 +32,38 @@ RECHECK_S = 2.0
 SNAPSHOT_LIMIT = 200
 
 
-def _job_of(subject: str) -> str | None:
-    parts = subject.split(".")
-    return parts[2] if len(parts) == 4 else None
+class JobNodes:
+    """Which node each watched job is on, so that live lines and reports are shown only when they come from it
+    (any agent may publish output on its own subjects, for any job id). Read from the database, cached briefly:
+    it changes only when the job is placed again."""
+
+    def __init__(self, rt: Runtime, ttl_s: float = RECHECK_S, max_jobs: int = 10000) -> None:
+        self.rt = rt
+        self.ttl_s = ttl_s
+        self.max_jobs = max_jobs
+        self.cache: dict[str, tuple[str | None, float]] = {}
+
+    async def get(self, job_id: str) -> str | None:
+        now = time.monotonic()
+        hit = self.cache.get(job_id)
+        if hit is not None and now - hit[1] < self.ttl_s:
+            return hit[0]
+        try:
+            async with db.connection(self.rt, timeout_s=2) as conn:
+                node = await conn.fetchval("SELECT node FROM jobs WHERE id = $1", job_id)
+        except DatabaseUnavailable:
+            return hit[0] if hit is not None else None
+        if len(self.cache) >= self.max_jobs:
+            self.cache.clear()  # (only watched jobs are looked up: this is rare)
+        self.cache[job_id] = (node, now)
+        return node
+
+    async def sent_by_its_node(self, job_id: str, node: str | None) -> bool:
+        return node is not None and node == await self.get(job_id)
+
+
+def job_nodes(rt: Runtime) -> JobNodes:
+    return rt.components.setdefault("job_nodes", JobNodes(rt))
 
 
 def log_event(line: JobLogLine) -> dict[str, Any]:
@@ -42,11 +72,16 @@ def log_event(line: JobLogLine) -> dict[str, Any]:
 
 
 async def start(rt: Runtime) -> None:
+    nodes = job_nodes(rt)
+
     async def on_log(msg: Msg) -> None:
-        job_id = _job_of(msg.subject)
+        parts = subjects.job_subject_parts(msg.subject)
+        if parts is None:
+            return
+        job_id, _, node = parts
         topic = f"job:{job_id}"
         # Only decode for someone watching: most lines have no live audience.
-        if job_id is None or not any(topic in c.topics for c in rt.hub.clients):
+        if not any(topic in c.topics for c in rt.hub.clients) or not await nodes.sent_by_its_node(job_id, node):
             return
         try:
             line = decode(JobLogLine, msg.data, msg.subject)
@@ -56,20 +91,23 @@ async def start(rt: Runtime) -> None:
 
     await rt.nc.subscribe(subjects.JOB_LOG_ALL, cb=on_log)
 
-    async def jobs_part() -> dict[str, Any]:
+    async def jobs_part(principal: Any) -> dict[str, Any]:
+        # A tenant's token sees its own tenant's jobs only (as over HTTP); admins and cluster-wide tokens all.
+        tenant = getattr(principal, "tenant", None)
         try:
             async with db.connection(rt, timeout_s=5) as conn:
-                queued = await store.list_jobs(conn, states=["PENDING"], tenant=None, limit=SNAPSHOT_LIMIT)
-                running = await store.list_jobs(conn, states=["SCHEDULED", "RUNNING"], tenant=None,
+                queued = await store.list_jobs(conn, states=["PENDING"], tenant=tenant, limit=SNAPSHOT_LIMIT)
+                running = await store.list_jobs(conn, states=["SCHEDULED", "RUNNING"], tenant=tenant,
                                                 limit=SNAPSHOT_LIMIT)
                 rows = await conn.fetch("SELECT * FROM jobs WHERE finished_at IS NOT NULL "
-                                        "ORDER BY finished_at DESC LIMIT 50")
+                                        "AND ($1::text IS NULL OR tenant = $1) ORDER BY finished_at DESC LIMIT 50",
+                                        tenant)
         except DatabaseUnavailable as exc:
             return {"queued": [], "running": [], "recent": [], "error": exc.message}
         return {"queued": [j.summary() for j in queued], "running": [j.summary() for j in running],
                 "recent": [Job.from_row(r).summary() for r in rows]}
 
-    rt.hub.snapshot_parts["jobs"] = jobs_part
+    rt.hub.scoped_parts["jobs"] = jobs_part
 
 
 def sse(event: str, data: Any) -> bytes:
@@ -105,8 +143,8 @@ async def follow(rt: Runtime, job_id: str, *, limit_lines: int) -> AsyncIterator
         except asyncio.QueueFull:
             pass  # a reader this far behind gets the missing lines from the database at the end
 
-    subs = [await rt.nc.subscribe(subjects.job_log(job_id), cb=cb),
-            await rt.nc.subscribe(subjects.job_state(job_id), cb=cb)]
+    subs = [await rt.nc.subscribe(subjects.job_all(job_id), cb=cb)]
+    nodes = job_nodes(rt)
     seen = _Seen()
     try:
         async with db.connection(rt) as conn:
@@ -144,7 +182,10 @@ async def follow(rt: Runtime, job_id: str, *, limit_lines: int) -> AsyncIterator
                         yield b": keepalive\n\n"
                     continue
                 last_sent = loop.time()
-                if msg.subject.endswith(".log"):
+                _, kind, node = subjects.job_subject_parts(msg.subject) or (None, None, None)
+                if node is not None and not await nodes.sent_by_its_node(job_id, node):
+                    continue  # an agent's line or report on a job that is not on its node
+                if kind == "log":
                     try:
                         line = decode(JobLogLine, msg.data, msg.subject)
                     except MalformedMessage:
@@ -155,6 +196,8 @@ async def follow(rt: Runtime, job_id: str, *, limit_lines: int) -> AsyncIterator
                 try:
                     ev = decode(JobStateEvent, msg.data, msg.subject)
                 except MalformedMessage:
+                    continue
+                if kind != "state" or (node is not None and ev.node != node):
                     continue
                 yield sse("state", {"state": ev.state.value, "source": ev.source, "attempt": ev.attempt,
                                     "node": ev.node, "time": ev.time.isoformat(), "reason": ev.reason})

@@ -1,9 +1,12 @@
-"""Agents' job reports (leader only): a durable JetStream consumer of `aether.jobs.*.state` and `.log`.
+"""Agents' job reports (leader only): a durable JetStream consumer of `aether.jobs.*.state.<node>` and
+`aether.jobs.*.log.<node>` (plus the orchestrators' own `aether.jobs.*.state`, read as hints).
 
 Each fetched batch is applied in ONE transaction — state reports through the state machine, log lines stored —
 and acked only after the commit, so nothing is lost across a crash and a redelivery changes nothing (a state the
 job already has is a duplicate; a log line is keyed by job, attempt and seq). A report from a node the job is not
-assigned to is refused, and if it says the job runs there, that node is told to cancel it.
+assigned to is refused, and if it says the job runs there, that node is told to cancel it. The node is the one in
+the subject, which only that node's NATS account may publish on: a report whose body names another node, or an
+agent's report on the orchestrator's subject, is malformed (dead-lettered and counted).
 """
 
 from __future__ import annotations
@@ -38,14 +41,6 @@ IDLE_POLL_S = 0.5
 REPORTS_ACK_WAIT_S = 10.0
 
 
-def _subject_parts(subject: str) -> tuple[str, str] | None:
-    """(job id, 'state'|'log') of `aether.jobs.<id>.<kind>`."""
-    parts = subject.split(".")
-    if len(parts) == 4 and parts[0] == subjects.PREFIX and parts[1] == "jobs" and parts[3] in ("state", "log"):
-        return parts[2], parts[3]
-    return None
-
-
 def _orchestrator_hint(data: bytes, job_id: str) -> tuple[str, JobState] | None:
     """(job id, state) of an orchestrator-published state event, without a full validation; None otherwise."""
     try:
@@ -73,7 +68,8 @@ class Reports:
         cfg = ConsumerConfig(durable_name=self.s.job_reports_consumer, ack_policy=AckPolicy.EXPLICIT,
                              deliver_policy=DeliverPolicy.ALL, ack_wait=REPORTS_ACK_WAIT_S, max_deliver=-1,
                              max_ack_pending=max(1000, self.s.job_reports_batch * 4),
-                             filter_subjects=[subjects.JOB_STATE_ALL, subjects.JOB_LOG_ALL])
+                             filter_subjects=[subjects.JOB_STATE_ALL, subjects.JOB_REPORT_ALL,
+                                              subjects.JOB_LOG_ALL])
         try:
             await self.rt.js.add_consumer(JOBS_STREAM, cfg)
         except BadRequestError as exc:
@@ -207,17 +203,17 @@ class Reports:
         hints: list[tuple[str, JobState]] = []
         for msg in msgs:
             try:
-                parts = _subject_parts(msg.subject)
+                parts = subjects.job_subject_parts(msg.subject)
                 if parts is None:
                     raise MalformedMessage(f"not a job subject: {msg.subject}")
-                job_id, kind = parts
+                job_id, kind, node = parts
                 data = msg.data
                 if _NUL in data:
                     # A job printed binary output: PostgreSQL text and jsonb cannot hold NUL, and one such line
                     # would fail the whole batch (and again on every redelivery). Keep it, with U+FFFD instead.
                     data = data.replace(_NUL, b"\\ufffd")
                 if kind == "state":
-                    hint = _orchestrator_hint(data, job_id)
+                    hint = _orchestrator_hint(data, job_id) if node is None else None
                     if hint is not None:  # our own (or another replica's) transition: only a hint, cheaply read
                         m.reports.labels("state").inc()
                         hints.append(hint)
@@ -225,6 +221,10 @@ class Reports:
                     ev = decode(JobStateEvent, data, msg.subject)
                     if ev.job_id != job_id:
                         raise MalformedMessage(f"state of job {ev.job_id!r} arrived on {msg.subject}")
+                    if node is None and ev.source == "agent":
+                        raise MalformedMessage(f"an agent's report on the orchestrator's subject {msg.subject}")
+                    if node is not None and (ev.source != "agent" or ev.node != node):
+                        raise MalformedMessage(f"report from {ev.source} {ev.node!r} on node {node}'s subject")
                     m.reports.labels("state").inc()
                     if ev.source == "orchestrator":
                         hints.append((ev.job_id, ev.state))
@@ -234,10 +234,17 @@ class Reports:
                             ev.job_id, ev.state, source="agent", node=ev.node, attempt=ev.attempt, time=ev.time,
                             pid=ev.pid, exit_code=ev.exit_code, result=ev.result, error=ev.error, reason=ev.reason))
                 else:
+                    if node is None:
+                        raise MalformedMessage(f"a log line without its node: {msg.subject}")
                     line = decode(JobLogLine, data, msg.subject)
                     if line.job_id != job_id:
                         raise MalformedMessage(f"log of job {line.job_id!r} arrived on {msg.subject}")
                     m.reports.labels("log").inc()
+                    job = self.sched.active.get(job_id)
+                    if job is None or job.node != node or job.attempt != line.attempt:
+                        # Output of a job not running there (now): a late line of a lost attempt, or a forgery.
+                        m.reports_refused.labels("log_not_from_job_node").inc()
+                        continue
                     if line.seq < self.s.job_log_max_lines:
                         log_rows.append((line.job_id, line.attempt, line.seq, line.stream, line.line, line.time))
             except MalformedMessage as exc:

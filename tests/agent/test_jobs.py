@@ -63,8 +63,8 @@ async def test_result_environment_and_logs(nats_server, unique_node, wd, monkeyp
               "print(json.dumps({'env': dict(os.environ), 'uid': os.getuid(), 'cwd': os.getcwd()}))\n")
     s = settings(nats_server.url, unique_node, wd, job_env_passthrough=["LANG", "MY_SERVICE_TOKEN"])
     async with client(nats_server.url) as nc, running_agent(s):
-        states = await Collector().subscribe(nc, subjects.job_state("job-env"))
-        logs = await Collector().subscribe(nc, subjects.job_log("job-env"))
+        states = await Collector().subscribe(nc, subjects.job_reports("job-env"))
+        logs = await Collector().subscribe(nc, subjects.job_logs("job-env"))
         reply = await request(nc, unique_node, "run",
                               dispatch("job-env", [1], script=script, env={"MY_VAR": "x"}).to_bytes())
         assert reply == {"v": 1, "ok": True, "code": None, "message": "accepted", "job_id": "job-env"}
@@ -92,11 +92,11 @@ async def test_result_environment_and_logs(nats_server, unique_node, wd, monkeyp
 
 async def test_failure_reports_exit_code_and_stderr(nats_server, unique_node, wd):
     async with client(nats_server.url) as nc, running_agent(settings(nats_server.url, unique_node, wd)):
-        states = await Collector().subscribe(nc, subjects.job_state("job-fail"))
+        states = await Collector().subscribe(nc, subjects.job_reports("job-fail"))
         await request(nc, unique_node, "run",
                       dispatch("job-fail", command=["sh", "-c", "echo out; echo boom >&2; exit 3"]).to_bytes())
         done = await until(lambda: final(states, "job-fail"), what="final state")
-        states2 = await Collector().subscribe(nc, subjects.job_state("job-nocmd"))
+        states2 = await Collector().subscribe(nc, subjects.job_reports("job-nocmd"))
         missing = await request(nc, unique_node, "run",
                                 dispatch("job-nocmd", command=["/no/such/program"]).to_bytes())
         nocmd = await until(lambda: final(states2, "job-nocmd"), what="final state of a missing program")
@@ -108,8 +108,8 @@ async def test_failure_reports_exit_code_and_stderr(nats_server, unique_node, wd
 
 async def test_timeout_kills_the_whole_process_group(nats_server, unique_node, wd):
     async with client(nats_server.url) as nc, running_agent(settings(nats_server.url, unique_node, wd)):
-        states = await Collector().subscribe(nc, subjects.job_state("job-slow"))
-        logs = await Collector().subscribe(nc, subjects.job_log("job-slow"))
+        states = await Collector().subscribe(nc, subjects.job_reports("job-slow"))
+        logs = await Collector().subscribe(nc, subjects.job_logs("job-slow"))
         await request(nc, unique_node, "run", dispatch(
             "job-slow", max_duration_s=1, command=["sh", "-c", "sleep 300 & echo grandchild=$!; wait"]).to_bytes())
         line = await until(lambda: [m["line"] for m in logs.messages if m["line"].startswith("grandchild=")],
@@ -125,8 +125,8 @@ async def test_timeout_kills_the_whole_process_group(nats_server, unique_node, w
 async def test_cancel_kills_group_and_escaped_descendants(nats_server, unique_node, wd):
     script = ("sh -c 'sleep 300 & echo grandchild=$!; setsid sleep 301 & echo escaped=$!; wait'")
     async with client(nats_server.url) as nc, running_agent(settings(nats_server.url, unique_node, wd)):
-        states = await Collector().subscribe(nc, subjects.job_state("job-cancel"))
-        logs = await Collector().subscribe(nc, subjects.job_log("job-cancel"))
+        states = await Collector().subscribe(nc, subjects.job_reports("job-cancel"))
+        logs = await Collector().subscribe(nc, subjects.job_logs("job-cancel"))
         await request(nc, unique_node, "run", dispatch("job-cancel", command=["sh", "-c", script]).to_bytes())
         await until(lambda: len([m for m in logs.messages if "=" in m["line"]]) == 2, what="both pids")
         pids = {m["line"].split("=")[0]: int(m["line"].split("=")[1]) for m in logs.messages if "=" in m["line"]}
@@ -146,8 +146,8 @@ async def test_cancel_kills_group_and_escaped_descendants(nats_server, unique_no
 async def test_duplicate_dispatch_never_runs_twice(nats_server, unique_node, wd):
     cmd = dispatch("job-dup", command=["sh", "-c", "echo ran; sleep 0.5"])
     async with client(nats_server.url) as nc, running_agent(settings(nats_server.url, unique_node, wd)) as agent:
-        states = await Collector().subscribe(nc, subjects.job_state("job-dup"))
-        logs = await Collector().subscribe(nc, subjects.job_log("job-dup"))
+        states = await Collector().subscribe(nc, subjects.job_reports("job-dup"))
+        logs = await Collector().subscribe(nc, subjects.job_logs("job-dup"))
         replies = await asyncio.gather(*(request(nc, unique_node, "run", cmd.to_bytes()) for _ in range(3)))
         other_attempt = await request(nc, unique_node, "run",
                                       dispatch("job-dup", attempt=2, command=["true"]).to_bytes())
@@ -184,7 +184,7 @@ async def test_refusals_and_malformed_dispatch(nats_server, unique_node, wd):
 
 async def test_simulated_gpu_follows_the_job(nats_server, unique_node, wd):
     async with client(nats_server.url) as nc, running_agent(settings(nats_server.url, unique_node, wd)) as agent:
-        states = await Collector().subscribe(nc, subjects.job_state("job-load"))
+        states = await Collector().subscribe(nc, subjects.job_reports("job-load"))
         await request(nc, unique_node, "run", dispatch(
             "job-load", [1], gpu_mem_mb=30_000, expected_util_pct=90, job_type="training",
             command=["sleep", "30"]).to_bytes())
@@ -206,8 +206,8 @@ async def test_simulated_gpu_follows_the_job(nats_server, unique_node, wd):
 async def test_requirements_install_into_a_job_venv(nats_server, unique_node, wd):
     script = "import sys, json\nprint(json.dumps({'prefix': sys.prefix}))\n"
     async with client(nats_server.url) as nc, running_agent(settings(nats_server.url, unique_node, wd)):
-        states = await Collector().subscribe(nc, subjects.job_state("job-req"))
-        logs = await Collector().subscribe(nc, subjects.job_log("job-req"))
+        states = await Collector().subscribe(nc, subjects.job_reports("job-req"))
+        logs = await Collector().subscribe(nc, subjects.job_logs("job-req"))
         # `pip` is already in the new venv: satisfied without any network access.
         await request(nc, unique_node, "run", dispatch("job-req", script=script, requirements=["pip"]).to_bytes())
         done = await until(lambda: final(states, "job-req"), within=60, what="job with requirements")
@@ -218,7 +218,7 @@ async def test_requirements_install_into_a_job_venv(nats_server, unique_node, wd
 
 async def test_agent_stop_reports_running_jobs_lost(nats_server, unique_node, wd):
     async with client(nats_server.url) as nc:
-        states = await Collector().subscribe(nc, subjects.job_state("job-stop"))
+        states = await Collector().subscribe(nc, subjects.job_reports("job-stop"))
         async with running_agent(settings(nats_server.url, unique_node, wd)):
             await request(nc, unique_node, "run", dispatch("job-stop", command=["sleep", "300"]).to_bytes())
             await until(lambda: states.where(state="RUNNING"), what="RUNNING")
@@ -235,7 +235,7 @@ async def test_restarted_agent_kills_orphan_and_reports_it_lost(nats_server, uni
     second = None
     try:
         async with client(nats_server.url) as nc:
-            states = await Collector().subscribe(nc, subjects.job_state("job-orphan"))
+            states = await Collector().subscribe(nc, subjects.job_reports("job-orphan"))
             beats = await Collector().subscribe(nc, subjects.heartbeat(unique_node))
             await until(lambda: beats.messages, within=20, what="first agent up")
             await request(nc, unique_node, "run", dispatch("job-orphan", command=["sleep", "300"]).to_bytes())
@@ -272,8 +272,8 @@ async def test_restart_finds_unrecorded_orphan_and_resends_undelivered_outcome(n
         "history": {"job-done.1": undelivered}, "unsent": ["job-done.1"]}).decode())
     try:
         async with client(nats_server.url) as nc:
-            lost = await Collector().subscribe(nc, subjects.job_state("job-unrec"))
-            resent = await Collector().subscribe(nc, subjects.job_state("job-done"))
+            lost = await Collector().subscribe(nc, subjects.job_reports("job-unrec"))
+            resent = await Collector().subscribe(nc, subjects.job_reports("job-done"))
             async with running_agent(settings(nats_server.url, unique_node, wd)) as agent:
                 await until(lambda: lost.messages and resent.messages, what="LOST and the re-sent outcome")
                 await asyncio.wait_for(orphan.wait(), 10)  # killed by the new agent

@@ -136,10 +136,12 @@ async def _run(ns, orch, agt, core, node: str, dsn: str) -> None:
     now = datetime.now(UTC)
     state = JobStateEvent(job_id="jfeedfeedfeedfeed1", state=JobState.RUNNING, time=now, source="agent", node=node)
     bad_reports = [
-        (subjects.job_state("jfeedfeedfeedfeed1"), b"[1, 2"),
-        (subjects.job_state("jfeedfeedfeedfeed1"), _bump_version(state.to_bytes())),
-        (subjects.job_state("jfeedfeedfeedfeed2"), state.to_bytes()),  # job 1's state on job 2's subject
-        (subjects.job_log("jfeedfeedfeedfeed1"),
+        (subjects.job_report("jfeedfeedfeedfeed1", node), b"[1, 2"),
+        (subjects.job_report("jfeedfeedfeedfeed1", node), _bump_version(state.to_bytes())),
+        (subjects.job_report("jfeedfeedfeedfeed2", node), state.to_bytes()),  # job 1's state on job 2's subject
+        (subjects.job_report("jfeedfeedfeedfeed1", "other-node"), state.to_bytes()),  # another node's subject
+        (subjects.job_state("jfeedfeedfeedfeed1"), state.to_bytes()),  # an agent's report on the orchestrator's
+        (subjects.job_log("jfeedfeedfeedfeed1", node),
          JobLogLine(job_id="jfeedfeedfeedfeed2", seq=0, stream="stdout", line="x", time=now).to_bytes()),
     ]
     for subject, data in bad_reports:

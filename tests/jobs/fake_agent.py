@@ -175,13 +175,13 @@ class FakeAgent:
     async def state(self, run: Run, state: JobState, prev: JobState | None, **kw: Any) -> None:
         ev = JobStateEvent(job_id=run.cmd.job_id, state=state, prev_state=prev, time=now(), source="agent",
                            attempt=run.cmd.attempt, node=run.node, gpu_uuids=run.cmd.gpu_uuids, **kw)
-        await self._publish(subjects.job_state(run.cmd.job_id), ev.to_bytes())
+        await self._publish(subjects.job_report(run.cmd.job_id, run.node), ev.to_bytes())
 
     async def log(self, run: Run, stream: str, line: str) -> None:
         msg = JobLogLine(job_id=run.cmd.job_id, attempt=run.cmd.attempt, seq=run.seq, stream=stream, line=line,
                          time=now())
         run.seq += 1
-        await self._publish(subjects.job_log(run.cmd.job_id), msg.to_bytes())
+        await self._publish(subjects.job_log(run.cmd.job_id, run.node), msg.to_bytes())
 
     async def _on_run(self, msg: Msg) -> None:
         cmd = DispatchCommand.model_validate_json(msg.data)

@@ -185,7 +185,7 @@ async def test_strays_and_stale_reports_get_cancelled(http, nc):
         other.extra_running = ["j00000000000000ff"]
         stale = JobStateEvent(job_id=jid, state=JobState.RUNNING, time=datetime.now(UTC), source="agent",
                               attempt=1, node=other.node)
-        await nc.jetstream().publish(subjects.job_state(jid), stale.to_bytes())
+        await nc.jetstream().publish(subjects.job_report(jid, other.node), stale.to_bytes())
         await until(lambda: {c.job_id for c in other.cancels} == {jid, "j00000000000000ff"}, 15,
                     "cancels sent to the node running what is not its own")
         assert (await wait_state(http, jid, "RUNNING"))["node"] == owner.node  # the real run is untouched
@@ -235,7 +235,7 @@ async def test_malformed_reports_are_counted_and_dead_lettered(http, nc):
     before = 0.0 if before != before else before  # NaN: not yet exported
     js = nc.jetstream()
     await js.publish(subjects.job_state("j0000000000000aaa"), b"{not json")
-    await js.publish(subjects.job_log("j0000000000000bbb"), orjson.dumps({"v": 1, "job_id": "other", "seq": 0,
+    await js.publish(subjects.job_log("j0000000000000bbb", "n1"), orjson.dumps({"v": 1, "job_id": "other", "seq": 0,
                                                                           "stream": "stdout", "line": "x",
                                                                           "time": "2026-01-01T00:00:00Z"}))
 
@@ -245,7 +245,7 @@ async def test_malformed_reports_are_counted_and_dead_lettered(http, nc):
     await until(counted, 15, "two malformed job messages counted")
     await until(lambda: len(got) == 2, 5, "two dead letters")
     assert {m.headers["Aether-Original-Subject"] for m in got} == {subjects.job_state("j0000000000000aaa"),
-                                                                  subjects.job_log("j0000000000000bbb")}
+                                                                  subjects.job_log("j0000000000000bbb", "n1")}
     await sub.unsubscribe()
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from services import subjects
 from services.schemas import GpuInventory, Heartbeat, JobState, JobStateEvent, TelemetryBatch, TelemetrySample
-from tests.faults.support import aget, headers, stored_samples, until
+from tests.faults.support import aget, ametric, headers, stored_samples, until
 from tests.security.conftest import READONLY, SERVICE
 
 pytestmark = pytest.mark.timeout(120)
@@ -77,6 +77,9 @@ async def test_an_agent_cannot_speak_for_another_node(secured):
         forged = [(subjects.telemetry(b), _batch(b)), (subjects.heartbeat(b), _heartbeat(b)),
                   (subjects.cmd(b, "run"), b"{}"), (subjects.cmd(a, "cancel"), b"{}"),
                   (subjects.PLACEMENT, b"{}"), (subjects.MODEL_UPDATED, b"{}"), (subjects.CLUSTER, b"{}"),
+                  # Job reports and output on B's subjects, or on the orchestrator's own.
+                  (subjects.job_report("j00000000000000aa", b), b"{}"), (subjects.job_log("j00000000000000aa", b), b"{}"),
+                  (subjects.job_state("j00000000000000aa"), b"{}"),
                   # JetStream: delete the telemetry stream, or bind to the orchestrator's durable consumer and
                   # take (ack away) the samples meant for the database.
                   (f"$JS.API.STREAM.DELETE.{subjects.TELEMETRY_STREAM}", b""),
@@ -125,30 +128,38 @@ async def test_readonly_user_reads_live_data_and_publishes_nothing(secured):
         await reader.close()
 
 
-@pytest.mark.xfail(strict=True, reason="gap: every agent may publish on aether.jobs.*.state (any job) and the "
-                   "orchestrator trusts the `node` field inside the report, so node A's credentials can end a job "
-                   "running on node B with a result of A's choosing. Needs the node in the report's subject (e.g. "
-                   "aether.jobs.<id>.<node>.state, permitted per node) and the orchestrator to check it.")
 async def test_an_agent_cannot_report_on_another_nodes_job(secured):
-    """With the other node's credentials, forge the final report of a job running on the real agent's node."""
+    """With the other node's credentials, try to end a job running on the real agent's node with a result of the
+    intruder's choosing: on the victim node's report subject (NATS refuses it), on the orchestrator's subject (NATS
+    refuses it), and on the intruder's own subject naming the victim node in the body (the orchestrator refuses it:
+    malformed, counted, dead-lettered). The job runs on, untouched."""
     async with httpx.AsyncClient(base_url=secured.orch.url, headers=headers("red"), timeout=10) as c:
         r = await c.post("/v1/jobs", json={"name": "victim-of-forgery", "command": ["sleep", "20"]})
         assert r.status_code == 201, r.text
         jid = r.json()["job_id"]
         job = await until(lambda: _running(c, jid), 20, "the job running")
+        before = await ametric(secured.orch.url, "aether_job_reports_malformed_total")
         intruder = await Client().connect(secured.nats.url, *secured.user(secured.other))
         try:
             forged = JobStateEvent(job_id=jid, state=JobState.SUCCEEDED, prev_state=JobState.RUNNING,
                                    time=datetime.now(UTC), source="agent", attempt=job["attempt"], node=job["node"],
                                    exit_code=0, result={"forged": True})
-            ack = await intruder.nc.jetstream().publish(subjects.job_state(jid), forged.to_bytes(), timeout=5)
-            assert ack.stream  # the bus took it: the permission allows aether.jobs.*.state
+            for subject in (subjects.job_report(jid, job["node"]), subjects.job_state(jid)):
+                await intruder.nc.publish(subject, forged.to_bytes())
+                await intruder.refused(subject)
+            ack = await intruder.nc.jetstream().publish(subjects.job_report(jid, secured.other), forged.to_bytes(),
+                                                        timeout=5)
+            assert ack.stream  # its own subject: the bus takes it, the orchestrator must not believe it
         finally:
             await intruder.close()
-        await until(lambda: _reports_seen(c, jid), 10, "the orchestrator to apply or refuse the report")
+        await until(lambda: _counted_more(secured.orch.url, before), 10, "the forged report refused and counted")
         after = (await c.get(f"/v1/jobs/{jid}")).json()
         await c.delete(f"/v1/jobs/{jid}")
     assert after["state"] == "RUNNING" and after.get("result") != {"forged": True}, after
+
+
+async def _counted_more(url: str, before: float) -> bool:
+    return await ametric(url, "aether_job_reports_malformed_total") > before
 
 
 async def _rows(dsn: str, node: str) -> int:
@@ -158,10 +169,3 @@ async def _rows(dsn: str, node: str) -> int:
 async def _running(c: httpx.AsyncClient, jid: str):
     job = (await c.get(f"/v1/jobs/{jid}")).json()
     return job if job["state"] == "RUNNING" else None
-
-
-async def _reports_seen(c: httpx.AsyncClient, jid: str) -> bool:
-    # The forged report is either applied (the job ends) or refused (the refusal is counted); both are visible.
-    job = (await c.get(f"/v1/jobs/{jid}")).json()
-    text = (await c.get("/metrics")).text
-    return job["state"] != "RUNNING" or "aether_job_reports_refused_total{" in text
