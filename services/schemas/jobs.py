@@ -149,8 +149,8 @@ class JobSubmitted(BusMessage):
 
 
 class JobStateEvent(BusMessage):
-    """A transition of one job, on `aether.jobs.<id>.state`. The agent reports RUNNING and final states;
-    the orchestrator publishes the rest. `source` says which."""
+    """A transition of one job. The orchestrator publishes its own on `aether.jobs.<id>.state`; the agent of a node
+    reports RUNNING and final states on `aether.jobs.<id>.state.<node>` (`node` must match). `source` says which."""
 
     v: Literal[1] = 1
     job_id: str
@@ -170,7 +170,7 @@ class JobStateEvent(BusMessage):
 
 
 class JobLogLine(BusMessage):
-    """One line of a job's output, on `aether.jobs.<id>.log`."""
+    """One line of a job's output, on `aether.jobs.<id>.log.<node>` (from the agent running it)."""
 
     v: Literal[1] = 1
     job_id: str
