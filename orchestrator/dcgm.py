@@ -2,9 +2,10 @@
 unchanged against the orchestrator (one scrape for the whole cluster instead of one exporter per node).
 
 Names, units and help texts follow dcgm-exporter's default counters (etc/default-counters.csv); labels are its
-GPU label set `gpu, UUID, pci_bus_id, device, modelName, Hostname` (current spelling: capital H) plus
-`DCGM_FI_DRIVER_VERSION`, as recent versions add. A GPU whose latest sample is stale is left out, as a node whose
-exporter is down would be.
+GPU label set `gpu, UUID, pci_bus_id, device, modelName, hostname` plus `DCGM_FI_DRIVER_VERSION`, as recent versions
+add. (`hostname` is the current spelling: dcgm-exporter renamed `Hostname` to `hostname` in 2026, NVIDIA/dcgm-exporter
+#655; dashboards written for the old label need `{{Hostname}}` changed to `{{hostname}}`.) A GPU whose latest
+sample is stale is left out, as a node whose exporter is down would be.
 
 The text is written here rather than through prometheus_client's formatter: at 10,000 GPUs that formatter took
 3.5 s of CPU per scrape (on the event loop, stalling ingest); this takes well under a tenth of it, in a worker
@@ -23,7 +24,7 @@ from orchestrator import throttle
 from orchestrator.runtime import Runtime
 from services.schemas import TelemetryBatch, TelemetrySample
 
-LABELS = ("gpu", "UUID", "pci_bus_id", "device", "modelName", "Hostname", "DCGM_FI_DRIVER_VERSION")
+LABELS = ("gpu", "UUID", "pci_bus_id", "device", "modelName", "hostname", "DCGM_FI_DRIVER_VERSION")
 
 
 def _fb_free(s: TelemetrySample) -> float | None:

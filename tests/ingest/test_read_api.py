@@ -111,12 +111,12 @@ async def _check_dcgm_metrics(nats_url: str, orch, node: str) -> None:
     async def latest_there():
         fams = await metrics(orch.url)
         util = fams.get("DCGM_FI_DEV_GPU_UTIL")
-        ok = util and any(s.labels["Hostname"] == "gpu-host-7" and s.value == second.samples[0].util_gpu_pct
+        ok = util and any(s.labels["hostname"] == "gpu-host-7" and s.value == second.samples[0].util_gpu_pct
                           for s in util.samples)
         return fams if ok else None
 
     fams = await until(latest_there, 20, "DCGM gauges for the node's latest tick")
-    mine = {name: {s.labels["gpu"]: s for s in f.samples if s.labels.get("Hostname") == "gpu-host-7"}
+    mine = {name: {s.labels["gpu"]: s for s in f.samples if s.labels.get("hostname") == "gpu-host-7"}
             for name, f in fams.items() if name.startswith("DCGM_")}
     for name in ("DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_FB_FREE", "DCGM_FI_DEV_GPU_TEMP",
                  "DCGM_FI_DEV_POWER_USAGE", "DCGM_FI_DEV_SM_CLOCK", "DCGM_FI_DEV_MEM_CLOCK",
@@ -125,7 +125,7 @@ async def _check_dcgm_metrics(nats_url: str, orch, node: str) -> None:
     s0 = second.samples[0]
     util = mine["DCGM_FI_DEV_GPU_UTIL"]["0"]
     assert util.labels == {"gpu": "0", "UUID": s0.gpu_uuid, "pci_bus_id": "00000000:18:00.0", "device": "nvidia0",
-                           "modelName": "NVIDIA H100 80GB HBM3", "Hostname": "gpu-host-7",
+                           "modelName": "NVIDIA H100 80GB HBM3", "hostname": "gpu-host-7",
                            "DCGM_FI_DRIVER_VERSION": "550.54.15"}
     assert mine["DCGM_FI_DEV_FB_FREE"]["0"].value == s0.mem_total_mb - s0.mem_used_mb
     assert mine["DCGM_FI_DEV_XID_ERRORS"]["0"].value == 79  # the last XID, kept after newer samples had none

@@ -160,7 +160,7 @@ def test_dcgm_exporter_output():
     util = fams["DCGM_FI_DEV_GPU_UTIL"].samples
     assert len(util) == 1  # the stale GPU is left out
     assert util[0].labels == {"gpu": "0", "UUID": "GPU-n1-0", "pci_bus_id": "00000000:07:00.0",
-                              "device": "nvidia0", "modelName": "NVIDIA A100-SXM4-80GB", "Hostname": "host-a",
+                              "device": "nvidia0", "modelName": "NVIDIA A100-SXM4-80GB", "hostname": "host-a",
                               "DCGM_FI_DRIVER_VERSION": ""}
     assert util[0].value == 87.0
     assert fams["DCGM_FI_DEV_FB_FREE"].samples[0].value == 80920.0
@@ -173,4 +173,4 @@ def test_dcgm_exporter_output():
     cluster.nodes["n1"].heartbeat.hostname = 'evil"host\\'
     exporter._cached = (0.0, b"")
     util = {f.name: f for f in text_string_to_metric_families(exporter.render().decode())}["DCGM_FI_DEV_GPU_UTIL"]
-    assert util.samples[0].labels["Hostname"] == 'evil"host\\'
+    assert util.samples[0].labels["hostname"] == 'evil"host\\'

@@ -139,6 +139,11 @@ function placementPanel(p) {
     return g ? `${g.node} · GPU ${g.index}` : f.shortUuid(uuid);
   };
   const chosen = p.chosen_uuid;
+  // The model's scores are costs in seconds (completion time plus the delay caused to co-runners); the fallback
+  // heuristic's are a ranking (memory left over, then utilisation) with no unit.
+  const byModel = p.policy !== "heuristic";
+  const scoreHead = byModel ? "Predicted cost" : "Heuristic score (lower first)";
+  const scoreText = (score) => (byModel ? `${f.num(score, 1)} s` : f.num(score, 1));
   return h("div", null,
     h("dl", { class: "kv" },
       h("dt", null, "Chosen"), h("dd", null, chosen ? gpuLabel(chosen) : f.NA),
@@ -147,10 +152,10 @@ function placementPanel(p) {
       Number.isFinite(p.candidates) ? [h("dt", null, "Candidates"), h("dd", null, `${p.candidates} GPUs could hold it`)] : null,
       Number.isFinite(p.latency_ms) ? [h("dt", null, "Decision took"), h("dd", null, `${p.latency_ms.toFixed(1)} ms`)] : null),
     scores.length ? h("table", { class: "table", style: { marginTop: "8px" } },
-      h("thead", null, h("tr", null, h("th", null, "Candidate"), h("th", { class: "num" }, "Predicted completion"), h("th", null, ""))),
+      h("thead", null, h("tr", null, h("th", null, "Candidate"), h("th", { class: "num", title: byModel ? "predicted completion time plus the delay caused to the jobs already on the GPU" : "" }, scoreHead), h("th", null, ""))),
       h("tbody", null, scores.slice(0, 15).map(([uuid, score]) => h("tr", null,
         h("td", null, h("a", { href: `#/gpu/${encodeURIComponent(uuid)}` }, gpuLabel(uuid))),
-        h("td", { class: "num" }, `${f.num(score, 1)} s`),
+        h("td", { class: "num" }, scoreText(score)),
         h("td", null, uuid === chosen ? h("span", { class: "badge ok" }, "chosen") : uuid === p.runner_up_uuid ? h("span", { class: "badge" }, "runner-up") : ""))))) : null,
     scores.length > 15 ? h("div", { class: "muted small" }, `… and ${scores.length - 15} more candidates`) : null,
     contributions(p.contributions, "Why this GPU (feature contributions to the predicted time)"),
