@@ -19,6 +19,8 @@ from typing import Any
 import httpx
 import orjson
 
+from services.settings import read_env_file  # the same parser the services use for the credentials file
+
 DEFAULT_URL = "http://127.0.0.1:8080"
 FINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT"})
 SUBMIT_RETRIES = 3
@@ -38,27 +40,12 @@ class AetherAPIError(Exception):
         self.details = details or {}
 
 
-def _read_env_file(path: Path) -> dict[str, str]:
-    values: dict[str, str] = {}
-    try:
-        text = path.read_text()
-    except OSError:
-        return values
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, val = line.removeprefix("export ").partition("=")
-        values[key.strip()] = val.strip().strip("'\"")
-    return values
-
-
 def _credentials() -> dict[str, str]:
     named = os.environ.get("AETHER_CREDENTIALS")
     candidates = [Path(named)] if named else [Path.cwd() / ".aether" / "credentials.env",
                                               Path(__file__).resolve().parent.parent / ".aether" / "credentials.env"]
     for path in candidates:
-        values = _read_env_file(path)
+        values = read_env_file(path)
         if values:
             return values
     return {}

@@ -126,3 +126,24 @@ def svg_bar_chart(path: str | os.PathLike, title: str, categories: Sequence[str]
     parts.append("</svg>")
     p.write_text("\n".join(parts) + "\n")
     return p
+
+
+def cpu_s(pid: int, tree: bool = False) -> float:
+    """CPU seconds of a process (and, with `tree`, of its children: PostgreSQL's backends, those still running and
+    those that exited and were reaped, so the figure never goes down when a backend ends)."""
+    import psutil
+
+    try:
+        p = psutil.Process(pid)
+        procs = [p, *p.children(recursive=True)] if tree else [p]
+        root = p.cpu_times()
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = root.children_user + root.children_system if tree else 0.0
+    for q in procs:
+        try:
+            c = q.cpu_times()
+            total += c.user + c.system
+        except psutil.NoSuchProcess:
+            pass
+    return total

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import percentiles, print_table, svg_bar_chart, write_json
+from bench.common import cpu_s, percentiles, print_table, svg_bar_chart, write_json
 from services.schemas import TelemetryBatch, TelemetrySample
 
 TEMPLATE_TIME = datetime(2000, 1, 1, 0, 0, 0, 123456, tzinfo=UTC)
@@ -119,25 +119,6 @@ def start_publisher(url: str, mode: str, nodes: int, gpus: int, count: int = 0, 
 
 
 # -- measurement ------------------------------------------------------------------------------------------------
-
-def tree_cpu(pid: int) -> float:
-    """CPU seconds of a process and its children (PostgreSQL's backends are children of the postmaster)."""
-    import psutil
-
-    try:
-        p = psutil.Process(pid)
-        procs = [p, *p.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0.0
-    total = 0.0
-    for q in procs:
-        try:
-            c = q.cpu_times()
-            total += c.user + c.system
-        except psutil.NoSuchProcess:
-            pass
-    return total
-
 
 def reference_us_per_sample(gpus: int) -> float:
     """CPU µs to validate one sample of a batch against the contract, repeated on one message: the same work on
@@ -254,7 +235,7 @@ async def run(args) -> dict:
         # Phase 2: drain the backlog as fast as possible.
         expected = burst_msgs * gpus
         target["stored"] = expected
-        pg_cpu0, nats_cpu0 = tree_cpu(pg.proc.pid), tree_cpu(ns.proc.pid)
+        pg_cpu0, nats_cpu0 = cpu_s(pg.proc.pid, tree=True), cpu_s(ns.proc.pid, tree=True)
         cpu0, t0 = time.process_time(), time.perf_counter()
         profiler = None
         if args.profile:
@@ -270,7 +251,7 @@ async def run(args) -> dict:
             import pstats
             profiler.disable()
             pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
-        burst_pg_cpu, burst_nats_cpu = tree_cpu(pg.proc.pid) - pg_cpu0, tree_cpu(ns.proc.pid) - nats_cpu0
+        burst_pg_cpu, burst_nats_cpu = cpu_s(pg.proc.pid, tree=True) - pg_cpu0, cpu_s(ns.proc.pid, tree=True) - nats_cpu0
         if ing.stored < expected:
             raise RuntimeError(f"backlog not drained: {ing.stored}/{expected} samples stored")
         samples_per_s = expected / burst_s
@@ -280,7 +261,7 @@ async def run(args) -> dict:
         stored0 = ing.stored
         batches0 = rt.metrics.ingest_batches._value.get()
         recording["on"] = True
-        pg_cpu0, nats_cpu0 = tree_cpu(pg.proc.pid), tree_cpu(ns.proc.pid)
+        pg_cpu0, nats_cpu0 = cpu_s(pg.proc.pid, tree=True), cpu_s(ns.proc.pid, tree=True)
         cpu0 = time.process_time()
         pub = start_publisher(ns.url, "rate", nodes, gpus, seconds=args.rate_seconds)
         out, _ = await asyncio.to_thread(pub.communicate)
@@ -289,7 +270,7 @@ async def run(args) -> dict:
         published = int(out.split()[1])
         await stored_at_least(stored0 + published * gpus, 30)
         rate_cpu = time.process_time() - cpu0
-        rate_pg_cpu, rate_nats_cpu = tree_cpu(pg.proc.pid) - pg_cpu0, tree_cpu(ns.proc.pid) - nats_cpu0
+        rate_pg_cpu, rate_nats_cpu = cpu_s(pg.proc.pid, tree=True) - pg_cpu0, cpu_s(ns.proc.pid, tree=True) - nats_cpu0
         rate_samples = ing.stored - stored0
         steady_batches = rt.metrics.ingest_batches._value.get() - batches0
         async with pool.acquire() as conn:

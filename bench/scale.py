@@ -44,7 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import common  # noqa: F401  (puts the project on sys.path)
-from common import ROOT, percentiles, print_table, svg_bar_chart, write_json
+from common import ROOT, cpu_s, percentiles, print_table, svg_bar_chart, write_json
 
 GPUS_PER_NODE = 8
 TOKEN = "bench-scale-admin-token-0123456789"
@@ -260,27 +260,6 @@ async def fleet(args: argparse.Namespace) -> None:
 
 
 # --- measuring -----------------------------------------------------------------------------------------------
-def cpu_s(pid: int, tree: bool = False) -> float:
-    """CPU seconds of a process (and, with `tree`, of its children: PostgreSQL's backends, those still running and
-    those that exited and were reaped, so the figure never goes down when a backend ends)."""
-    import psutil
-
-    try:
-        p = psutil.Process(pid)
-        procs = [p, *p.children(recursive=True)] if tree else [p]
-        root = p.cpu_times()
-    except psutil.NoSuchProcess:
-        return 0.0
-    total = root.children_user + root.children_system if tree else 0.0
-    for q in procs:
-        try:
-            c = q.cpu_times()
-            total += c.user + c.system
-        except psutil.NoSuchProcess:
-            pass
-    return total
-
-
 def rss_mb(pid: int) -> float:
     import psutil
 

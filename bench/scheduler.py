@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 import common  # noqa: F401  (puts the project on sys.path)
-from common import ROOT, percentiles, print_table, write_json
+from common import ROOT, cpu_s, percentiles, print_table, write_json
 
 HARD_LIMIT_S = 170.0  # the whole run, start-up included, stays under 3 minutes
 SUBMIT_LIMIT_S = 145.0  # no submission after this (from the start): a slow host submits fewer, and says so
@@ -254,13 +254,6 @@ def wait_gpus(url: str, token: str, want: int, limit_s: float) -> None:
     raise TimeoutError(f"the orchestrator did not see {want} healthy GPUs within {limit_s}s")
 
 
-def _cpu(pid: int) -> float:
-    import psutil
-
-    t = psutil.Process(pid).cpu_times()
-    return t.user + t.system
-
-
 def run(args: argparse.Namespace) -> dict:
     from services.localstack import NatsServer, Postgres
     from tests.support.procs import TEST_TOKEN, orchestrator
@@ -294,16 +287,16 @@ def run(args: argparse.Namespace) -> dict:
               f"with {args.concurrency} concurrent HTTP clients", file=sys.stderr)
         # What the orchestrator burns with 100 nodes and no jobs (heartbeats, telemetry ingest, alerts):
         # subtracted to give the CPU a job costs.
-        idle0, idle_t0 = _cpu(orch.proc.pid), time.monotonic()
+        idle0, idle_t0 = cpu_s(orch.proc.pid), time.monotonic()
         time.sleep(IDLE_WINDOW_S)
-        idle_rate = (_cpu(orch.proc.pid) - idle0) / (time.monotonic() - idle_t0)
+        idle_rate = (cpu_s(orch.proc.pid) - idle0) / (time.monotonic() - idle_t0)
         run_t0 = time.monotonic()
-        cpu0 = {name: _cpu(pid) for name, pid in (("orchestrator", orch.proc.pid), ("fleet", fleet_proc.pid))}
+        cpu0 = {name: cpu_s(pid) for name, pid in (("orchestrator", orch.proc.pid), ("fleet", fleet_proc.pid))}
         subs = asyncio.run(submit_all(orch.url, TEST_TOKEN, args.jobs, args.concurrency, "bench",
                                       deadline=started + SUBMIT_LIMIT_S))
         ids = [s[0] for s in subs]
         states = asyncio.run(wait_done(dsn, ids, started + HARD_LIMIT_S - 15))
-        cpu = {name: _cpu(pid) - cpu0[name] for name, pid in (("orchestrator", orch.proc.pid),
+        cpu = {name: cpu_s(pid) - cpu0[name] for name, pid in (("orchestrator", orch.proc.pid),
                                                                ("fleet", fleet_proc.pid))}
         run_s = time.monotonic() - run_t0
         times = asyncio.run(event_times(dsn, ids))

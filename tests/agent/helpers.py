@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +18,7 @@ from agent.metrics import AgentMetrics
 from agent.settings import AgentSettings
 from agent.sim import SimSource
 from agent.source import GpuSource
-
-
-async def until(predicate: Callable[[], Any], within: float = 10.0, what: str = "condition",
-                interval: float = 0.02) -> Any:
-    """Poll `predicate` until it is truthy; TimeoutError naming `what` after `within` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise TimeoutError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(interval)
+from tests.support.waiting import until  # noqa: F401  (re-exported for the tests here)
 
 
 class Collector:

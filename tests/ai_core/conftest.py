@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +10,7 @@ from ai_core.dataset import synthetic
 from ai_core.model import PlacementModel, fit
 from ai_core.registry import Registry
 from services.schemas.placement import Candidate, JobFeatures
+from tests.support.waiting import until  # noqa: F401  (re-exported for the tests here)
 
 TRAIN_ROWS = 4000
 TRAIN_SEED = 21
@@ -50,20 +49,3 @@ def gpu(i: int, node: str = "n1", **kw) -> Candidate:
 
 def job(**kw) -> JobFeatures:
     return JobFeatures(**{"gpus": 1, "gpu_mem_mb": 20000, "job_type": "inference", "max_duration_s": 1800, **kw})
-
-
-async def until(predicate, within_s: float, what: str, interval: float = 0.05):
-    """Poll an async or plain predicate until truthy, or fail naming `what`."""
-    deadline = time.monotonic() + within_s
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if asyncio.iscoroutine(value):
-                value = await value
-            if value:
-                return value
-        except Exception as exc:  # not there yet
-            last = exc
-        await asyncio.sleep(interval)
-    raise TimeoutError(f"timed out after {within_s}s waiting for {what}" + (f" (last error: {last!r})" if last else ""))

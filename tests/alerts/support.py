@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
-import time
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from services.schemas import TelemetryBatch, TelemetrySample
+from tests.support.waiting import until  # noqa: F401  (re-exported for the tests here)
 
 H100 = "NVIDIA H100 80GB HBM3"
 
@@ -35,23 +34,6 @@ def timeline(start: datetime, n: int, step_s: float = 1.0) -> list[datetime]:
 
 def ago(seconds: float) -> datetime:
     return datetime.now(UTC) - timedelta(seconds=seconds)
-
-
-async def until(predicate, within: float, what: str, interval: float = 0.05):
-    """Await `predicate()` (sync or async) until truthy; TimeoutError naming `what` otherwise."""
-    deadline = time.monotonic() + within
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if asyncio.iscoroutine(value):
-                value = await value
-            if value:
-                return value
-        except Exception as exc:  # not there yet
-            last = exc
-        await asyncio.sleep(interval)
-    raise TimeoutError(f"timed out after {within}s waiting for {what}" + (f" (last error: {last!r})" if last else ""))
 
 
 class WebhookReceiver:

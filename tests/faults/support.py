@@ -3,13 +3,10 @@ deadline, and counting what was kept (rows in PostgreSQL, messages in JetStream,
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import json
 import re
 import tempfile
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from services import subjects
 from services.localstack import free_port, wait_for
 from tests.support.procs import TEST_TOKEN, Service, orchestrator
+from tests.support.waiting import until  # noqa: F401  (re-exported for the tests here)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -54,27 +52,6 @@ def headers(who: str = "admin") -> dict[str, str]:
 def node_name(prefix: str = "f") -> str:
     return prefix + uuid.uuid4().hex[:9]
 
-
-async def until(predicate: Callable[[], Any], within: float, what: str, interval: float = 0.05) -> Any:
-    """Poll a sync or async predicate until it returns something truthy; TimeoutError naming `what` otherwise."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    last: Any = None
-    while loop.time() < deadline:
-        try:
-            value = predicate()
-            if inspect.isawaitable(value):
-                value = await value
-            if value:
-                return value
-            last = value
-        except Exception as exc:  # not up yet: keep polling
-            last = exc
-        await asyncio.sleep(interval)
-    raise TimeoutError(f"timed out after {within}s waiting for {what} (last: {last!r})")
-
-
-# --- processes --------------------------------------------------------------------------------------------
 
 def start_orchestrator(nats_url: str, dsn: str, log_path: Path, *, wait_db: bool = True, port: int | None = None,
                        **env: str) -> Service:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,21 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from services import subjects
 from services.bus import ensure_telemetry_stream
 from services.schemas import GpuInventory, Heartbeat, TelemetryBatch, TelemetrySample
-
-
-async def until(predicate: Callable[[], Awaitable[Any]], limit_s: float, what: str, interval: float = 0.1) -> Any:
-    """Poll an async predicate until it returns something truthy; TimeoutError naming `what` otherwise."""
-    deadline = time.monotonic() + limit_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = await predicate()
-            if last:
-                return last
-        except Exception as exc:  # the thing may not be up yet: keep polling
-            last = exc
-        await asyncio.sleep(interval)
-    raise TimeoutError(f"timed out after {limit_s}s waiting for {what} (last: {last!r})")
+from tests.support.waiting import until  # noqa: F401  (re-exported for the tests here)
 
 
 def sample(node: str, i: int, t: datetime, seq: int = 0, **kw: Any) -> TelemetrySample:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import inspect
 import json
 import os
 import signal
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ import httpx
 from services.localstack import free_port, wait_for
 from tests.jobs.fake_agent import FakeAgent
 from tests.support.procs import TEST_TOKEN, Service, orchestrator
+from tests.support.waiting import until
 
 TOKENS = {
     "alpha": "alpha-submitter-token-0123456789",
@@ -52,24 +51,6 @@ def start_orchestrator(nats_url: str, database_url: str, log_dir: Path, **env: s
 
 def headers(who: str = "admin") -> dict[str, str]:
     return {"Authorization": f"Bearer {TEST_TOKEN if who == 'admin' else TOKENS[who]}"}
-
-
-async def until(predicate: Callable[[], Any], within: float, what: str, interval: float = 0.05) -> Any:
-    """Poll (sync or async) `predicate` until truthy; TimeoutError naming `what` otherwise."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    last: Exception | None = None
-    while loop.time() < deadline:
-        try:
-            value = predicate()
-            if inspect.isawaitable(value):
-                value = await value
-            if value:
-                return value
-        except Exception as exc:  # not there yet
-            last = exc
-        await asyncio.sleep(interval)
-    raise TimeoutError(f"timed out after {within}s waiting for {what}" + (f" (last error: {last!r})" if last else ""))
 
 
 async def submit_when_ready(c: httpx.AsyncClient, body: dict[str, Any], who: str = "admin",

@@ -3,13 +3,9 @@ what the stream holds against what the database stored."""
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import json
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import httpx
@@ -20,6 +16,7 @@ from services import subjects
 from services.localstack import free_port, wait_for
 from services.schemas import TelemetryBatch
 from tests.support.procs import Service, auth_headers, orchestrator
+from tests.support.waiting import until
 
 # Timings short enough for a test, long enough that a NATS fail-over (a second or two) on a loaded 2-core machine
 # does not look like a dead node or an unanswered dispatch.
@@ -31,27 +28,6 @@ ORCH_ENV = {
 JOB_REPORTS_CONSUMER = "aether-job-reports"
 INGEST_CONSUMER = "aether-ingest"
 JOBS_STREAM = "AETHER_JOBS"
-
-
-async def until(predicate: Callable[[], Any], within: float, what: str, interval: float = 0.1,
-                seen: Callable[[], Any] | None = None) -> Any:
-    """Poll a sync or async predicate until it returns something truthy; TimeoutError naming `what` (and what
-    `seen()` says was last observed) otherwise."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    last: Exception | None = None
-    while loop.time() < deadline:
-        try:
-            value = predicate()
-            if inspect.isawaitable(value):
-                value = await value
-            if value:
-                return value
-        except Exception as exc:  # not there yet
-            last = exc
-        await asyncio.sleep(interval)
-    raise TimeoutError(f"timed out after {within}s waiting for {what}" + (f" (last error: {last!r})" if last else "")
-                       + (f"; last seen: {seen()}" if seen else ""))
 
 
 def start_orchestrator(nats_url: str, dsn: str, log_path: Path, **env: str) -> Service:
