@@ -13,6 +13,7 @@ ensure_postgresql
 ensure_timescaledb
 ensure_venv
 ensure_dashboard_packages
+ensure_test_browser  # ./test.sh's browser tests
 
 umask 077
 "$PY" scripts/credentials.py ensure

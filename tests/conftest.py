@@ -52,9 +52,13 @@ def output_dir(request) -> Path:
 
 
 def pytest_collection_modifyitems(config, items):
-    # Only the TimescaleDB-specific tests may be skipped, and only when the extension is not installed.
+    # Only the TimescaleDB-specific tests may be skipped, and only on a machine that has no TimescaleDB to install:
+    # with ../shared/timescaledb beside the checkout, a missing extension is a broken install, not a reason to skip.
     if timescaledb_available():
         return
+    if (ROOT.parent / "shared" / "timescaledb").is_dir():
+        raise pytest.UsageError("../shared/timescaledb is there but the timescaledb extension is not installed: "
+                                "run ./setup.sh (or .ci/run) first")
     skip = pytest.mark.skip(reason="timescaledb extension not installed (../shared/timescaledb absent)")
     for item in items:
         if "timescale" in item.keywords:

@@ -28,6 +28,16 @@ apt_install_missing() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-upgrade --no-install-recommends "${missing[@]}"
 }
 
+# Debian's chromium, which the browser tests drive through Playwright (executable_path; no browser download).
+ensure_test_browser() {
+    if [ -x /usr/bin/chromium ]; then return 0; fi
+    if ! command -v dpkg-query >/dev/null 2>&1; then
+        warn "no /usr/bin/chromium: the browser tests will be skipped (set AETHER_CHROMIUM to a Chromium binary)"
+        return 0
+    fi
+    apt_install_missing chromium fonts-liberation
+}
+
 # python3-venv on Debian/Ubuntu: needed when `python -m venv` cannot bootstrap pip.
 ensure_python_venv_support() {
     local py=$1
