@@ -52,6 +52,13 @@ def _orchestrator_hint(data: bytes, job_id: str) -> tuple[str, JobState] | None:
     return None
 
 
+def _stream_seq(msg) -> int:
+    try:
+        return msg.metadata.sequence.stream
+    except Exception:  # not a JetStream message (cannot happen on a pull subscription): claim nothing
+        return 1 << 62
+
+
 class Reports:
     def __init__(self, rt: Runtime, sched: Scheduler, on_stray: Callable[[str, str, str], None],
                  on_hint: Callable[[list[tuple[str, JobState]]], None]) -> None:
@@ -129,7 +136,7 @@ class Reports:
             if before is not None:
                 await before  # (earlier batches finish first: caught up means everything before is applied)
         if caught_up_as_of is not None:
-            await self._note_caught_up(psub, caught_up_as_of)
+            await self._note_caught_up(psub, caught_up_as_of, applied_upto=max(_stream_seq(m) for m in msgs))
 
     async def _fetch(self, psub, batch: int) -> list:
         # A batch fetch waits for a full batch or its timeout, so a lone report would wait the whole timeout:
@@ -156,17 +163,25 @@ class Reports:
             except Exception:
                 pass
 
-    async def _note_caught_up(self, psub, started: float) -> None:
-        """Nothing more was delivered to us: caught up as of `started`, unless reports are still pending or held
-        unacknowledged by another client (a leader that died or stepped down holding a fetched batch, which the
-        server redelivers only after `ack_wait`). Claiming to be caught up then would let the reconciler call
-        a job that finished LOST and run it again."""
+    async def _note_caught_up(self, psub, started: float, applied_upto: int = 0) -> None:
+        """Everything there was when the fetch of `started` began has been delivered to us: caught up as of then,
+        unless some of it is held unacknowledged by another client (a leader that died or stepped down holding a
+        fetched batch, which the server redelivers only after `ack_wait`). Claiming to be caught up then would let
+        the reconciler call a job that finished LOST and run it again.
+
+        Idle (`applied_upto` 0): nothing may be pending or unacknowledged. After a short batch: the consumer's ack
+        floor must have reached the batch's last report, so what the batch fetched ahead of it holds (newer
+        reports, ours) does not count, and under steady traffic the reconciler still gets its answer."""
         try:
             info = await psub.consumer_info()
         except Exception as exc:  # NATS reconnecting: claim nothing
             log.warning("job reports consumer info failed", extra={"error": repr(exc)})
             return
-        if info.num_pending or info.num_ack_pending:
+        if applied_upto:
+            floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
+            if (floor or 0) < applied_upto:
+                return
+        elif info.num_pending or info.num_ack_pending:
             return
         self.caught_up_at = started
         self.progress.set()
@@ -199,6 +214,7 @@ class Reports:
     async def handle(self, msgs, locked: asyncio.Event | None = None) -> None:
         m = self.sched.metrics
         transitions: list[Transition] = []
+        running: set[str] = set()  # jobs whose RUNNING this batch already applies
         log_rows: list[tuple] = []
         hints: list[tuple[str, JobState]] = []
         for msg in msgs:
@@ -229,7 +245,9 @@ class Reports:
                     if ev.source == "orchestrator":
                         hints.append((ev.job_id, ev.state))
                     else:
-                        self._infer_running(ev, transitions)
+                        self._infer_running(ev, transitions, running)
+                        if ev.state == JobState.RUNNING:
+                            running.add(ev.job_id)
                         transitions.append(Transition(
                             ev.job_id, ev.state, source="agent", node=ev.node, attempt=ev.attempt, time=ev.time,
                             pid=ev.pid, exit_code=ev.exit_code, result=ev.result, error=ev.error, reason=ev.reason))
@@ -281,7 +299,7 @@ class Reports:
         if hints:
             self.on_hint(hints)
 
-    def _infer_running(self, ev: JobStateEvent, transitions: list[Transition]) -> None:
+    def _infer_running(self, ev: JobStateEvent, transitions: list[Transition], running: set[str]) -> None:
         """A final report saying the job ran, for a job we still hold as SCHEDULED: its RUNNING report is late
         (held by a replica that died with it unacknowledged, then redelivered after newer messages). Record the
         RUNNING it implies, dated from the report, so the job's history stays whole; the late report is then
@@ -291,8 +309,9 @@ class Reports:
         job = self.sched.active.get(ev.job_id)
         if job is None or job.state != JobState.SCHEDULED or job.attempt != ev.attempt or job.node != ev.node:
             return
-        if any(t.job_id == ev.job_id and t.to == JobState.RUNNING for t in transitions):
+        if ev.job_id in running:
             return
+        running.add(ev.job_id)
         started = ev.time - timedelta(seconds=ev.duration_s or 0.0)
         transitions.append(Transition(ev.job_id, JobState.RUNNING, source="agent", node=ev.node, attempt=ev.attempt,
                                       time=started, pid=ev.pid, only_from=frozenset({JobState.SCHEDULED}),
