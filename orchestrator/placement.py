@@ -41,9 +41,7 @@ INSERT INTO placements (job_id, time, policy, fallback_reason, model_version, ch
                         runner_up_uuid, candidates, scores, contributions, runner_up_contributions, rejected,
                         latency_ms, job_features, chosen_state)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb, $12::jsonb, $13::jsonb, $14::jsonb, $15, $16::jsonb,
-        $17::jsonb)
-RETURNING id
-"""
+        $17::jsonb)"""
 
 
 def heuristic_decision(job_id: str | None, job: JobFeatures, candidates: list[Candidate],
@@ -174,16 +172,17 @@ class Placer:
         db = pool if pool is not None else self.pool
         if db is None:
             raise ValueError("no database pool to record the placement in")
-        d = decision
-        row_id = await db.fetchval(
-            _INSERT, d.job_id, d.time or utcnow(), d.policy, d.fallback_reason, d.model_version, d.chosen_uuid,
-            d.chosen_node, d.chosen_uuids or [d.chosen_uuid], d.runner_up_uuid, len(d.scores) + len(d.rejected),
-            json.dumps(d.scores), _dump_list(d.contributions), _dump_list(d.runner_up_contributions),
-            json.dumps(d.rejected), d.latency_ms, d.job.model_dump_json() if d.job is not None else None,
-            _dump_list(d.chosen_state) if d.chosen_state else None)
+        row_id = await db.fetchval(_INSERT + " RETURNING id", *_row(decision))
         if publish:
-            await self.publish(d)
+            await self.publish(decision)
         return int(row_id)
+
+    @staticmethod
+    async def record_many(conn: Any, decisions: list[PlacementDecision]) -> None:
+        """Store several decisions in one round trip (`executemany`), on `conn` inside the caller's transaction:
+        the scheduler commits a pass's placements with their jobs' transitions. Not published (see `publish`)."""
+        if decisions:
+            await conn.executemany(_INSERT, [_row(d) for d in decisions])
 
     async def publish(self, decision: PlacementDecision) -> bool:
         if self.nc is None:
@@ -194,6 +193,15 @@ class Placer:
         except Exception as exc:  # the bus being away must not lose the decision: it is in the database
             log.warning("placement not published", extra={"job_id": decision.job_id, "error": repr(exc)})
             return False
+
+
+def _row(d: PlacementDecision) -> tuple:
+    """The `_INSERT` arguments of one decision."""
+    return (d.job_id, d.time or utcnow(), d.policy, d.fallback_reason, d.model_version, d.chosen_uuid, d.chosen_node,
+            d.chosen_uuids or [d.chosen_uuid], d.runner_up_uuid, len(d.scores) + len(d.rejected), json.dumps(d.scores),
+            _dump_list(d.contributions), _dump_list(d.runner_up_contributions), json.dumps(d.rejected), d.latency_ms,
+            d.job.model_dump_json() if d.job is not None else None,
+            _dump_list(d.chosen_state) if d.chosen_state else None)
 
 
 def _dump_list(items: list) -> str:

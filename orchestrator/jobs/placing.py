@@ -56,11 +56,10 @@ class Placement:
 
     async def record(self, conn: Any, decisions: list[PlacementDecision]) -> None:
         """Store decisions in `placements` on `conn`, inside the caller's transaction (the job's SCHEDULED
-        transition and its decision commit together, at no extra commit)."""
+        transition and its decision commit together, at no extra commit), in one round trip."""
         if self.placer is None:
             return
-        for d in decisions:
-            await self.placer.record(conn, d, publish=False)
+        await self.placer.record_many(conn, decisions)
 
     async def publish(self, decisions: list[PlacementDecision]) -> None:
         """After the commit: the decisions on `aether.placement`, for custom tooling."""

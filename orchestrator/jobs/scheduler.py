@@ -48,28 +48,6 @@ class _Decided:
     decision: PlacementDecision
 
 
-class _BatchedInserts:
-    """Stands in for the transaction's connection while the placer records decisions: its single-row inserts
-    (`fetchval`) are gathered and sent as one `executemany` by `flush`, instead of one round trip per job inside
-    the scheduler's transaction. Anything else goes straight to the connection. (The row ids are not used.)"""
-
-    def __init__(self, conn) -> None:
-        self._conn = conn
-        self._rows: dict[str, list[tuple]] = {}
-
-    async def fetchval(self, sql: str, *args, **_kw) -> int:
-        self._rows.setdefault(sql, []).append(args)
-        return 0
-
-    def __getattr__(self, name: str):
-        return getattr(self._conn, name)
-
-    async def flush(self) -> None:
-        for sql, rows in self._rows.items():
-            await self._conn.executemany(sql, rows)
-        self._rows.clear()
-
-
 def placement_summary(d: PlacementDecision, offered: int) -> dict:
     """What the job row keeps of the decision (the full one goes to `placements`): best scores first."""
     best = sorted(d.scores.items(), key=lambda kv: kv[1])[:10]
@@ -415,10 +393,8 @@ class Scheduler:
         decisions = {d.transition.job_id: d.decision for d in decided}
 
         async def record(conn, applied) -> None:
-            rows = _BatchedInserts(conn)
-            await self.placement.record(rows, [decisions[a.job.id] for a in applied
+            await self.placement.record(conn, [decisions[a.job.id] for a in applied
                                                if a.job.state == JobState.SCHEDULED])
-            await rows.flush()
 
         try:
             applied, refused = await self.lifecycle.apply([d.transition for d in decided], fence=self.fence,
