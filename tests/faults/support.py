@@ -119,6 +119,17 @@ async def ametric(url: str, name: str, **labels: str) -> float:
         return _sum_metric((await c.get(f"{url}/metrics")).text, name, labels)
 
 
+FINAL_JOB_STATES = ("SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT")
+
+
+async def job_in(c: httpx.AsyncClient, jid: str, *states: str) -> dict[str, Any] | None:
+    """The job (as the admin sees it) if its state is one of `states`; None otherwise, or while the API cannot
+    answer (a poller's "not yet")."""
+    r = await c.get(f"/v1/jobs/{jid}", headers=headers())
+    job = r.json() if r.status_code == 200 else {}
+    return job if job.get("state") in states else None
+
+
 async def aget(url: str, **kw: Any) -> httpx.Response:
     async with httpx.AsyncClient(timeout=kw.pop("timeout", 10)) as c:
         return await c.get(url, **kw)

@@ -15,7 +15,15 @@ import httpx
 import pytest
 
 from services.schemas import FINAL_STATES
-from tests.faults.support import agent, fetch, headers, node_name, start_orchestrator, until
+from tests.faults.support import (
+    agent,
+    fetch,
+    headers,
+    job_in,
+    node_name,
+    start_orchestrator,
+    until,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(200)]
 
@@ -82,12 +90,12 @@ async def test_agent_killed_and_restarted_under_running_jobs(nats_server, databa
             await asyncio.to_thread(restart, a)
             for j in on[node[id(a)]]:
                 await until(lambda j=j: not pid_alive(pids[j]), 20, f"the restarted agent to kill {j}'s first attempt")
-                await until(lambda j=j: _state_is(c, j, "SUCCEEDED"), 40, f"{j} to succeed on its second attempt")
+                await until(lambda j=j: job_in(c, j, "SUCCEEDED"), 40, f"{j} to succeed on its second attempt")
 
             # 2. B dies and stays away: its jobs are lost with it, and re-run on A.
             await asyncio.to_thread(b.kill)
             for j in on[node[id(b)]]:
-                done = await until(lambda j=j: _state_is(c, j, "SUCCEEDED"), 60, f"{j} re-run after B's death")
+                done = await until(lambda j=j: job_in(c, j, "SUCCEEDED"), 60, f"{j} re-run after B's death")
                 assert done["node"] == node[id(a)], done
             left_behind = [j for j in on[node[id(b)]] if pid_alive(pids[j])]
 
@@ -118,11 +126,6 @@ async def test_agent_killed_and_restarted_under_running_jobs(nats_server, databa
             with contextlib.suppress(Exception):
                 x.stop()
         orch.stop()
-
-
-async def _state_is(c: httpx.AsyncClient, jid: str, state: str):
-    job = (await c.get(f"/v1/jobs/{jid}")).json()
-    return job if job["state"] == state else None
 
 
 async def _all_healthy(c: httpx.AsyncClient, n: int) -> bool:

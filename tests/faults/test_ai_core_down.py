@@ -19,6 +19,7 @@ from tests.faults.support import (
     ametric,
     fetch,
     headers,
+    job_in,
     node_name,
     start_orchestrator,
     tiny_model,
@@ -48,7 +49,7 @@ async def test_ai_core_down_falls_back_to_the_heuristic_and_recovers(nats_server
             async def run(name: str) -> dict:
                 r = await c.post("/v1/jobs", json={"name": name, "command": ["true"]})
                 assert r.status_code == 201, r.text
-                return await until(lambda: _state_is(c, r.json()["job_id"], "SUCCEEDED"), 30, f"{name} to succeed")
+                return await until(lambda: job_in(c, r.json()["job_id"], "SUCCEEDED"), 30, f"{name} to succeed")
 
             before = await run("with-the-model")
             assert before["placement"]["policy"] == "xgboost", before["placement"]
@@ -86,8 +87,3 @@ async def test_ai_core_down_falls_back_to_the_heuristic_and_recovers(nats_server
         for svc in (agt, orch, core):
             with contextlib.suppress(Exception):
                 svc.stop()
-
-
-async def _state_is(c: httpx.AsyncClient, jid: str, state: str):
-    job = (await c.get(f"/v1/jobs/{jid}")).json()
-    return job if job["state"] == state else None

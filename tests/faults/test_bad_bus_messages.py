@@ -34,6 +34,7 @@ from tests.faults.support import (
     ametric,
     fetchval,
     headers,
+    job_in,
     node_name,
     start_orchestrator,
     tiny_model,
@@ -209,7 +210,7 @@ async def _run(ns, orch, agt, core, node: str, dsn: str) -> None:
             assert r.status_code == 201, r.text
             ids.append(r.json()["job_id"])
         for jid in ids:
-            await until(lambda jid=jid: _state_is(c, jid, "SUCCEEDED"), 30, f"job {jid} to succeed")
+            await until(lambda jid=jid: job_in(c, jid, "SUCCEEDED"), 30, f"job {jid} to succeed")
         lines = (await c.get(f"/v1/jobs/{ids[0]}/logs")).json()["lines"]
         assert [ln["line"] for ln in lines] == ["a\ufffdb"]
 
@@ -241,8 +242,3 @@ async def _eq(value, expected) -> bool:
 
 async def _json_is(response, key: str, expected) -> bool:
     return (await response).json().get(key) == expected
-
-
-async def _state_is(c: httpx.AsyncClient, jid: str, state: str):
-    job = (await c.get(f"/v1/jobs/{jid}")).json()
-    return job if job["state"] == state else None

@@ -19,6 +19,7 @@ from tests.faults.support import (
     fetch,
     gaps,
     headers,
+    job_in,
     node_name,
     start_orchestrator,
     stored_samples,
@@ -53,7 +54,7 @@ async def test_nats_restart_agents_and_orchestrator_reconnect(nats_server, datab
             r = await c.post("/v1/jobs", json={"name": "across-the-outage", "command": ["sleep", "8"]})
             assert r.status_code == 201, r.text
             jid = r.json()["job_id"]
-            await until(lambda: _state_is(c, jid, "RUNNING"), 20, "the job running")
+            await until(lambda: job_in(c, jid, "RUNNING"), 20, "the job running")
 
             # --- the outage: the server stops; the agents buffer, the tight one overflows -------------------
             await asyncio.to_thread(nats_server.stop)
@@ -77,8 +78,8 @@ async def test_nats_restart_agents_and_orchestrator_reconnect(nats_server, datab
             r = await c.post("/v1/jobs", json={"name": "after-the-outage", "command": ["true"]})
             assert r.status_code == 201, r.text
             after = r.json()["job_id"]
-            await until(lambda: _state_is(c, after, "SUCCEEDED"), 30, "a job placed after the outage to succeed")
-            done = await until(lambda: _state_is(c, jid, "SUCCEEDED"), 30, "the job that ran across it")
+            await until(lambda: job_in(c, after, "SUCCEEDED"), 30, "a job placed after the outage to succeed")
+            done = await until(lambda: job_in(c, jid, "SUCCEEDED"), 30, "the job that ran across it")
         dropped = await ametric(tight.url, "aether_agent_buffer_dropped_total")
         await asyncio.gather(*(asyncio.to_thread(a.stop) for a in agents))  # SIGTERM: the agents flush
 
@@ -112,11 +113,6 @@ async def test_nats_restart_agents_and_orchestrator_reconnect(nats_server, datab
             with contextlib.suppress(Exception):
                 a.stop()
         orch.stop()
-
-
-async def _state_is(c: httpx.AsyncClient, jid: str, state: str):
-    job = (await c.get(f"/v1/jobs/{jid}")).json()
-    return job if job["state"] == state else None
 
 
 async def _nats_ok(c: httpx.AsyncClient) -> bool:

@@ -18,6 +18,7 @@ from tests.faults.support import (
     ametric,
     fetch,
     headers,
+    job_in,
     node_name,
     start_orchestrator,
     stored_samples,
@@ -56,7 +57,7 @@ async def test_postgres_outage_503_then_catch_up(nats_server, own_pg, output_dir
             r = await c.post("/v1/jobs", json={"name": "ends-in-the-dark", "command": ["sleep", "3"]})
             assert r.status_code == 201, r.text
             jid = r.json()["job_id"]
-            await until(lambda: _state_is(c, jid, "RUNNING"), 20, "the job running")
+            await until(lambda: job_in(c, jid, "RUNNING"), 20, "the job running")
 
             await asyncio.to_thread(own_pg.stop)
             down_at = time.monotonic()
@@ -88,8 +89,8 @@ async def test_postgres_outage_503_then_catch_up(nats_server, own_pg, output_dir
                 return r.json()["job_id"] if r.status_code == 201 else None
 
             after = await until(submitted, 30, "submissions accepted again")
-            done = await until(lambda: _state_is(c, jid, "SUCCEEDED"), 30, "the job's end recorded")
-            await until(lambda: _state_is(c, after, "SUCCEEDED"), 30, "the new job to run")
+            done = await until(lambda: job_in(c, jid, "SUCCEEDED"), 30, "the job's end recorded")
+            await until(lambda: job_in(c, after, "SUCCEEDED"), 30, "the new job to run")
         assert done["attempt"] == 1 and done["lost_count"] == 0, done
         events = await fetch(dsn, "SELECT to_state FROM job_events WHERE job_id = $1", jid)
         assert [e["to_state"] for e in events].count("SUCCEEDED") == 1
@@ -108,12 +109,6 @@ async def test_postgres_outage_503_then_catch_up(nats_server, own_pg, output_dir
         with contextlib.suppress(Exception):
             agt.stop()
         orch.stop()
-
-
-async def _state_is(c: httpx.AsyncClient, jid: str, state: str):
-    r = await c.get(f"/v1/jobs/{jid}")
-    job = r.json() if r.status_code == 200 else {}
-    return job if job.get("state") == state else None
 
 
 async def _at_least(value, n: float) -> bool:

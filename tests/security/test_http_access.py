@@ -13,16 +13,11 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.faults.support import TOKENS, aget, headers, until
+from tests.faults.support import TOKENS, aget, headers, job_in, until
 from tests.security.conftest import AGENT_SECRETS, READONLY, SERVICE
 from tests.support.procs import TEST_TOKEN
 
 pytestmark = pytest.mark.timeout(120)
-
-
-async def _running(c: httpx.AsyncClient, jid: str):
-    job = (await c.get(f"/v1/jobs/{jid}", headers=headers())).json()
-    return job if job["state"] == "RUNNING" else None
 
 
 async def _state(c: httpx.AsyncClient, jid: str) -> str:
@@ -51,7 +46,7 @@ async def test_a_tenant_sees_and_cancels_only_its_own_jobs(secured):
                          headers=headers("red"))
         assert r.status_code == 201, r.text
         jid = r.json()["job_id"]
-        await until(lambda: _running(c, jid), 20, "red's job running")
+        await until(lambda: job_in(c, jid, "RUNNING"), 20, "red's job running")
         missing = "j0123456789abcdef"
 
         blue = headers("blue")
@@ -116,7 +111,7 @@ async def test_websocket_shows_a_tenant_only_its_own_jobs(secured):
                         seen[who].append(orjson.loads(raw))
 
                 tasks = [asyncio.create_task(listen(blue, "blue")), asyncio.create_task(listen(red, "red"))]
-                await until(lambda: _running(c, jid), 20, "red's job running")
+                await until(lambda: job_in(c, jid, "RUNNING"), 20, "red's job running")
                 await until(lambda: any(m.get("type") == "log" for m in seen["red"]), 15,
                             "red's own dashboard to get a live line of its job")
                 await until(lambda: _seen_long_enough(c, jid), 15, "the job well under way")

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from agent.settings import AgentSettings
-from tests.faults.support import headers, until, work_dir_of
+from tests.faults.support import FINAL_JOB_STATES, headers, job_in, until, work_dir_of
 from tests.security.conftest import AGENT_SECRETS
 
 pytestmark = [pytest.mark.timeout(120),
@@ -64,7 +64,7 @@ async def test_job_runs_unprivileged_without_the_agents_secrets(secured, root_se
         r = await c.post("/v1/jobs", json={"name": "probe", "script": PROBE, "env": env})
         assert r.status_code == 201, r.text
         jid = r.json()["job_id"]
-        job = await until(lambda: _final(c, jid), 40, "the probe job to end")
+        job = await until(lambda: job_in(c, jid, *FINAL_JOB_STATES), 40, "the probe job to end")
     assert job["state"] == "SUCCEEDED", job
     got = job["result"]
     # Its own uid from the agent's pool (AGENT_JOB_UIDS), with a private group of the same number: no account of
@@ -121,21 +121,10 @@ async def test_a_job_cannot_see_another_tenants_job(secured):
         r = await c.post("/v1/jobs", json={"name": "red-holds-a-key", "command": ["sleep", "30"],
                                            "env": {"RED_API_KEY": "red-key-do-not-share"}}, headers=headers("red"))
         red = r.json()["job_id"]
-        await until(lambda: _state_is(c, red, "RUNNING"), 20, "red's job running")
+        await until(lambda: job_in(c, red, "RUNNING"), 20, "red's job running")
         r = await c.post("/v1/jobs", json={"name": "blue-spy", "script": SPY, "env": {"SPY_ON": red}},
                          headers=headers("blue"))
-        spy = await until(lambda: _final(c, r.json()["job_id"]), 40, "the spy job to end")
+        spy = await until(lambda: job_in(c, r.json()["job_id"], *FINAL_JOB_STATES), 40, "the spy job to end")
         await c.delete(f"/v1/jobs/{red}", headers=headers("red"))
     assert spy["state"] == "SUCCEEDED", spy
     assert spy["result"] == {}, f"blue's job found red's job: {spy['result']}"
-
-
-async def _final(c: httpx.AsyncClient, jid: str):
-    job = (await c.get(f"/v1/jobs/{jid}", headers=headers())).json()
-    return job if job["state"] in ("SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT") else None
-
-
-async def _state_is(c: httpx.AsyncClient, jid: str, state: str):
-    job = (await c.get(f"/v1/jobs/{jid}", headers=headers())).json()
-    return job if job["state"] == state else None
-

@@ -14,7 +14,7 @@ import pytest
 
 from services import subjects
 from services.schemas import GpuInventory, Heartbeat, JobState, JobStateEvent, TelemetryBatch, TelemetrySample
-from tests.faults.support import aget, ametric, headers, stored_samples, until
+from tests.faults.support import aget, ametric, headers, job_in, stored_samples, until
 from tests.security.conftest import READONLY, SERVICE
 
 pytestmark = pytest.mark.timeout(120)
@@ -137,7 +137,7 @@ async def test_an_agent_cannot_report_on_another_nodes_job(secured):
         r = await c.post("/v1/jobs", json={"name": "victim-of-forgery", "command": ["sleep", "20"]})
         assert r.status_code == 201, r.text
         jid = r.json()["job_id"]
-        job = await until(lambda: _running(c, jid), 20, "the job running")
+        job = await until(lambda: job_in(c, jid, "RUNNING"), 20, "the job running")
         before = await ametric(secured.orch.url, "aether_job_reports_malformed_total")
         intruder = await Client().connect(secured.nats.url, *secured.user(secured.other))
         try:
@@ -164,8 +164,3 @@ async def _counted_more(url: str, before: float) -> bool:
 
 async def _rows(dsn: str, node: str) -> int:
     return (await stored_samples(dsn, node))[0]
-
-
-async def _running(c: httpx.AsyncClient, jid: str):
-    job = (await c.get(f"/v1/jobs/{jid}")).json()
-    return job if job["state"] == "RUNNING" else None
