@@ -36,6 +36,7 @@ from orchestrator.runtime import DB_DOWN_ERRORS, Runtime
 from services import subjects
 from services.bus import dead_letter, decode, ensure_telemetry_stream
 from services.errors import MalformedMessage
+from services.fastdecode import FastDecoder
 from services.schemas import TelemetryBatch, TelemetrySample
 
 log = logging.getLogger("aether.ingest")
@@ -140,6 +141,7 @@ class Ingest:
         self.feed: PullFeed | None = None
         self.queue: asyncio.Queue[Chunk] = asyncio.Queue(maxsize=max(1, self.s.ingest_writers))
         self.stored = 0  # samples newly stored by this process (tests and the benchmark read it)
+        self.decoder = FastDecoder(TelemetryBatch)
 
     async def ensure_consumer(self) -> None:
         """Stream and durable consumer, created or brought to this config; every replica shares the consumer."""
@@ -232,7 +234,7 @@ class Ingest:
                 if _NUL in msg.data and _NUL_ESCAPE.search(msg.data):
                     raise MalformedMessage(f"telemetry on {msg.subject} holds a NUL character, which text "
                                            "columns cannot store")
-                batch = decode(TelemetryBatch, msg.data, msg.subject)
+                batch = decode(TelemetryBatch, msg.data, msg.subject, self.decoder)
                 if subjects.node_of(msg.subject) != batch.node:
                     raise MalformedMessage(f"telemetry for node {batch.node!r} arrived on {msg.subject}")
                 samples = batch.samples
@@ -304,20 +306,17 @@ class Ingest:
         m.ingest_batches.inc()
         m.ingest_last_commit.set(now)
         batches = [b for i, b in enumerate(chunk.batches) if i not in poisoned] if poisoned else chunk.batches
-        arrived = time.monotonic()
-        apply = self.rt.cluster.apply_sample
         observe = m.ingest_lag.observe
-        changed = self.rt.components.setdefault("changed_gpus", set())
-        # The cluster model keeps the latest sample per GPU: when catching up, a batch holds many per GPU.
-        latest: dict[str, TelemetrySample] = {}
+        # The cluster model keeps the latest sample per GPU: when catching up, a chunk holds several ticks of a
+        # node, and only its newest batch need reach the model (a batch is one node's GPUs at one tick).
+        newest: dict[str, TelemetryBatch] = {}
         for batch in batches:
             observe(max(0.0, now - batch.time.timestamp()))
-            for s in batch.samples:
-                prev = latest.get(s.gpu_uuid)
-                if prev is None or s.time >= prev.time:
-                    latest[s.gpu_uuid] = s
-        for s in latest.values():
-            changed.add(apply(s, arrived).uuid)
+            prev = newest.get(batch.node)
+            if prev is None or batch.time >= prev.time:
+                newest[batch.node] = batch
+        self.rt.components.setdefault("changed_gpus", set()).update(
+            self.rt.cluster.apply_batches(newest.values(), time.monotonic()))
         for listener in self.rt.components.get("sample_listeners", []):
             try:
                 listener(batches)

@@ -17,7 +17,9 @@ class JobFeatures(BaseModel):
     """What placement knows of the job."""
 
     gpus: int = Field(default=1, ge=1)
-    gpu_mem_mb: Reading = Field(default=1024, ge=0)
+    # Not Reading narrowed by Field(ge=0): pydantic keeps the last bound of a kind, and the Annotated one (-1e9)
+    # came last, so a negative size was accepted.
+    gpu_mem_mb: Annotated[float, Field(ge=0, le=1e9)] = 1024
     job_type: str = "batch"
     model: str | None = None
     expected_util_pct: Reading | None = None
