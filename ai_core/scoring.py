@@ -8,13 +8,12 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import orjson
-from pydantic import ValidationError
 
 from ai_core import features as F
 from ai_core.errors import NoFeasibleCandidate, NoModel
 from ai_core.model import PlacementModel
 from ai_core.policies import Policy, choose, memory_safe_mask, rejection_reasons
+from services.fastdecode import FastDecoder
 from services.schemas.base import utcnow
 from services.schemas.placement import FeatureContribution, JobFeatures, PlacementDecision, PlacementRequest
 
@@ -124,33 +123,21 @@ class Parsed:
     explain: bool = True
 
 
-_REQUEST_KEYS = frozenset(PlacementRequest.model_fields)
-_MAX_CANDIDATES = 20000
+# The request's own model, compiled (services/fastdecode.py): msgspec checks every bound and type the models
+# check, without a model object per candidate.
+_WIRE = FastDecoder(PlacementRequest)
 
 
 def parse_fast(body: bytes) -> Parsed | None:
-    """Parse a /v1/place body without building a model per candidate (orjson, then columns straight from the
-    dicts): for 1,000 candidates about 30 % faster than validating Candidates and reading them back, and no
-    model objects left for the garbage collector to walk. Only a body the models would accept unchanged
-    passes; for anything else this returns None and the caller validates with PlacementRequest, which
-    coerces what it may and names the field of what it refuses."""
+    """Parse a /v1/place body straight to columns: msgspec checks it against the compiled PlacementRequest and the
+    candidates go to the table as they are (for 1,000 candidates about half the time of validating Candidate
+    models and reading them back). What msgspec does not accept outright (anything pydantic would coerce, or
+    refuse) gives None: the caller validates with PlacementRequest, which names the field."""
     try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
+        wire = _WIRE.decode_struct(body)
+    except _WIRE.errors:
         return None
-    if type(doc) is not dict or not doc.keys() <= _REQUEST_KEYS:
-        return None
-    v, job_id, explain, cands = doc.get("v", 1), doc.get("job_id"), doc.get("explain", True), doc.get("candidates")
-    if (type(v) is not int or v != 1 or (job_id is not None and type(job_id) is not str)
-            or type(explain) is not bool or type(cands) is not list or not 1 <= len(cands) <= _MAX_CANDIDATES
-            or type(doc.get("job")) is not dict):
-        return None
-    try:  # one small object: the model itself, in JSON mode, so its rules are exactly those of the slow path
-        job = JobFeatures.model_validate_json(orjson.dumps(doc["job"]))
-    except ValidationError:
-        return None
-    table = F.table_from_dicts(cands)
-    return None if table is None else Parsed(job_id, job, table, explain)
+    return Parsed(wire.job_id, _WIRE.to_model(wire.job), F.table_from_wire(wire.candidates), wire.explain)
 
 
 def place(request: PlacementRequest, model: PlacementModel | None, *, top_n: int = 8,

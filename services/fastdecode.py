@@ -92,8 +92,27 @@ class FastDecoder(Generic[M]):
         self._plans: dict[type[BaseModel], _Plan] = {}
         self._plan = self._compile(model)
         self._decoder = msgspec.json.Decoder(self._plan.struct)
+        self._by_struct = {p.struct: p for p in self._plans.values()}
+        self._exact = not any(p.utc or p.after for p in self._plans.values())
         self.fast = 0  # messages the compiled path took (tests and benchmarks read these)
         self.slow = 0
+
+    @property
+    def errors(self) -> tuple[type[Exception], ...]:
+        """What `decode_struct` raises for input msgspec does not accept outright (pydantic must judge it)."""
+        return (msgspec.ValidationError, msgspec.DecodeError)
+
+    def decode_struct(self, data: bytes | str) -> msgspec.Struct:
+        """The message as the compiled Struct, checked but not turned into models: for a reader that wants columns
+        (thousands of placement candidates), not objects. Only for models whose values need no conversion
+        (no timestamps, no model validators), where the Struct holds exactly what the model would."""
+        if not self._exact:
+            raise UnsupportedField(f"{self.model.__name__}: timestamps or model validators need the full decode")
+        return self._decoder.decode(data)
+
+    def to_model(self, struct: msgspec.Struct) -> BaseModel:
+        """A Struct from `decode_struct` (or a nested one) as its pydantic model."""
+        return self._build(self._by_struct[type(struct)], struct)
 
     def decode(self, data: bytes | str) -> M:
         try:

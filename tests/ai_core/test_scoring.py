@@ -1,6 +1,8 @@
 """The decision rule's shortcuts change no decision: the JSON fast path reads what the models read, and pruning
 the co-runner delay of GPUs that cannot win leaves the choice and the runner-up as the full computation has them."""
 
+import json
+
 import numpy as np
 import orjson
 import pytest
@@ -26,13 +28,16 @@ def cluster(n: int, rng: np.random.Generator, busy_share: float) -> list[Candida
     return out
 
 
-def test_table_from_json_dicts_is_the_table_from_the_models():
+def test_table_from_the_wire_is_the_table_from_the_models():
     cands = [gpu(0), gpu(1, "b", job_types=["training", "finetune"], jobs_running=1, model_resident=True,
                     throttle_reasons=["HwPowerBrake", "sw_thermal"], healthy=False, gpu_model="L4", temp_c=70.5)]
     minimal = {"gpu_uuid": "g", "node": "n", "index": 3, "mem_total_mb": 100, "mem_free_mb": 50}
     for dicts, models in (([orjson.loads(c.model_dump_json()) for c in cands], cands),
                           ([minimal], [Candidate(**minimal)])):  # left out: the models' defaults
-        a, b = F.table_from_candidates(models), F.table_from_dicts(dicts)
+        body = orjson.dumps({"job": {}, "candidates": dicts})
+        parsed = parse_fast(body)
+        assert parsed is not None
+        a, b = F.table_from_candidates(models), parsed.table
         assert (a.uuids, a.nodes, a.indices) == (b.uuids, b.nodes, b.indices)
         assert a.node_ids.tolist() == b.node_ids.tolist() and a.num.keys() == b.num.keys()
         for k in a.num:
@@ -45,10 +50,14 @@ def test_table_from_json_dicts_is_the_table_from_the_models():
 def test_what_the_models_would_coerce_or_refuse_is_left_to_them(field, value):
     d = orjson.loads(gpu(0).model_dump_json())
     d[field] = value
-    assert F.table_from_dicts([d]) is None
+
+    def body(cands) -> bytes:
+        return json.dumps({"job": {}, "candidates": cands}).encode()  # json: orjson refuses 10**400
+
+    assert parse_fast(body([d])) is None
     del d[field]
-    assert (F.table_from_dicts([d]) is None) == (field in ("mem_free_mb", "mem_total_mb", "index", "gpu_uuid"))
-    assert F.table_from_dicts([1, 2]) is None
+    assert (parse_fast(body([d])) is None) == (field in ("mem_free_mb", "mem_total_mb", "index", "gpu_uuid"))
+    assert parse_fast(body([1, 2])) is None
 
 
 def test_the_fast_path_decides_as_the_models_do(small_model):
