@@ -267,7 +267,8 @@ def run(args: argparse.Namespace) -> dict:
         dsn = pg.create_database("bench_scheduler")
         orch = orchestrator(ns.url, dsn, ai_core_url=args.ai_core_url, log_path=tmp / "orchestrator.log",
                             extra_env={"LOG_LEVEL": args.log_level, "JOB_MAX_QUEUE": str(args.jobs * 2),
-                                       "HEARTBEAT_TIMEOUT_S": "20", "SAMPLE_STALE_S": "15"}).start()
+                                       "HEARTBEAT_TIMEOUT_S": "20", "SAMPLE_STALE_S": "15",
+                                       **dict(kv.split("=", 1) for kv in args.orchestrator_env)}).start()
         procs.append(orch)
         ready = tmp / "fleet.ready"
         fleet_proc = subprocess.Popen([sys.executable, __file__, "--fleet", "--nats", ns.url, "--nodes",
@@ -292,8 +293,11 @@ def run(args: argparse.Namespace) -> dict:
         idle_rate = (cpu_s(orch.proc.pid) - idle0) / (time.monotonic() - idle_t0)
         run_t0 = time.monotonic()
         cpu0 = {name: cpu_s(pid) for name, pid in (("orchestrator", orch.proc.pid), ("fleet", fleet_proc.pid))}
-        subs = asyncio.run(submit_all(orch.url, TEST_TOKEN, args.jobs, args.concurrency, "bench",
-                                      deadline=started + SUBMIT_LIMIT_S))
+        if args.rate > 0:
+            subs = asyncio.run(submit_paced(orch.url, TEST_TOKEN, args.jobs, args.rate, "bench"))
+        else:
+            subs = asyncio.run(submit_all(orch.url, TEST_TOKEN, args.jobs, args.concurrency, "bench",
+                                          deadline=started + SUBMIT_LIMIT_S))
         ids = [s[0] for s in subs]
         states = asyncio.run(wait_done(dsn, ids, started + HARD_LIMIT_S - 15))
         cpu = {name: cpu_s(pid) - cpu0[name] for name, pid in (("orchestrator", orch.proc.pid),
@@ -359,6 +363,9 @@ def main() -> int:
     p.add_argument("--nodes", type=int, default=100)
     p.add_argument("--gpus", type=int, default=8)
     p.add_argument("--concurrency", type=int, default=64, help="concurrent HTTP submitters")
+    p.add_argument("--orchestrator-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="a setting for the orchestrator (e.g. JOB_SCHEDULER_BATCH=64); repeatable")
+    p.add_argument("--rate", type=float, default=0.0, help="open-loop submissions/s for the main phase")
     p.add_argument("--run-ms", type=int, default=500, help="how long each job runs")
     p.add_argument("--paced-jobs", type=int, default=100, help="jobs of the open-loop latency phase")
     p.add_argument("--paced-rate", type=float, default=10.0, help="submissions/s of the open-loop phase")

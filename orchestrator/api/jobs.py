@@ -110,6 +110,13 @@ def _parse_spec(body: bytes) -> JobSpec:
                                    "description": "a retried submission with the same key returns the same job"}]})
 async def submit_job(request: Request, response: Response,
                      principal: Principal = Depends(_submitter)) -> dict[str, Any]:
+    response.status_code, body = await admit(request, principal)
+    return body
+
+
+async def admit(request: Request, principal: Principal) -> tuple[int, dict[str, Any]]:
+    """The submission itself, for the route above and its fast lane (orchestrator/api/fastlane.py): the status
+    (201 new, 200 an earlier submission with the same Idempotency-Key) and the body."""
     svc = _svc(request)
     try:
         spec = _parse_spec(await _read_body(request, request.app.state.rt.settings.job_max_body_bytes))
@@ -120,9 +127,7 @@ async def submit_job(request: Request, response: Response,
     except AetherError as exc:
         svc.metrics.refused.labels(exc.code).inc()
         raise
-    if not admitted.created:
-        response.status_code = 200
-    return {"job_id": admitted.job.id, "state": admitted.job.state.value}
+    return (201 if admitted.created else 200), {"job_id": admitted.job.id, "state": admitted.job.state.value}
 
 
 def _states(state: str | None) -> list[str] | None:

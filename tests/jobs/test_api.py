@@ -4,6 +4,7 @@ cancel, idempotent submission. Against a real orchestrator, NATS and PostgreSQL,
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 
 import httpx
@@ -208,3 +209,48 @@ async def test_metrics_cover_jobs(http, nc):
         assert metric(text, name) == metric(text, name), f"{name} missing from /metrics"  # NaN when absent
     assert metric(text, "aether_placement_latency_seconds_count") >= 1
     assert metric(text, "aether_scheduler_leader") == 1.0
+
+
+async def test_the_submission_fast_lane_answers_as_the_route_does(http, nc):
+    """POST /v1/jobs is served by a fast lane in front of the framework (orchestrator/api/fastlane.py); a query
+    string or a browser's Origin sends the same request through the FastAPI route. Both answer alike."""
+    big = b"{" + b" " * (2 * 1024 * 1024) + b"}"
+    cases = [
+        ({}, {"name": "x", **CMD, "bogus": 1}),
+        ({}, {"name": "x", **CMD, "gpus": -1}),
+        ({}, {"command": ["a"]}),
+        ({}, b"{not json"),
+        ({}, b""),
+        ({}, big),
+        ({"Authorization": ""}, {"name": "x", **CMD}),
+        ({"Authorization": "Bearer wrong-token-123456"}, {"name": "x", **CMD}),
+        (headers("viewer"), {"name": "x", **CMD}),
+        ({"Idempotency-Key": "a b"}, {"name": "x", **CMD}),
+        ({}, {"name": "x", **CMD, "gpu_mem_mb": 10 ** 9}),
+    ]
+
+    async def post(path: str, extra: dict, body, origin: bool = False) -> httpx.Response:
+        h = {**headers(), "content-type": "application/json", **extra}
+        if origin:
+            h["Origin"] = "http://127.0.0.1:3000"
+        h = {k: v for k, v in h.items() if v}
+        return await http.post(path, content=body if isinstance(body, bytes) else json.dumps(body).encode(),
+                               headers=h)
+
+    async with fake_agent(nc, http):
+        await submit_when_ready(http, {"name": "warm", **CMD})
+        for extra, body in cases:
+            fast = await post("/v1/jobs", extra, body)
+            routed = await post("/v1/jobs?via=route", extra, body)
+            assert fast.status_code == routed.status_code >= 400, (extra, fast.text, routed.text)
+            assert fast.json() == routed.json(), (fast.text, routed.text)
+            assert fast.headers["content-type"] == routed.headers["content-type"] == "application/json"
+        for via, origin in (("/v1/jobs", False), ("/v1/jobs?via=route", False), ("/v1/jobs", True)):
+            key = uuid.uuid4().hex
+            r1 = await post(via, {"Idempotency-Key": key}, {"name": "lane", **CMD}, origin)
+            r2 = await post(via, {"Idempotency-Key": key}, {"name": "lane", **CMD}, origin)
+            assert (r1.status_code, r2.status_code) == (201, 200) and r1.json() == r2.json(), (via, r1.text)
+            assert r1.json()["state"] == "PENDING"
+            # A browser's request took the framework's way: the CORS answer is there.
+            assert ("access-control-allow-origin" in r1.headers) == origin, r1.headers
+            await wait_state(http, r1.json()["job_id"], "SUCCEEDED")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -188,3 +189,49 @@ def test_capacity_says_what_could_ever_fit():
     c.nodes["n1"].healthy = False
     assert cap.check(1, 1000) == (False, True)  # down: no worker now, but it could hold the job
     assert Capacity(Cluster()).check(1, 1) == (False, False)
+
+
+# --- the submission fast lane -------------------------------------------------------------------------------
+async def test_fast_lane_takes_plain_submissions_and_passes_everything_else_on(monkeypatch):
+    from orchestrator.api import fastlane
+    from orchestrator.errors import Unauthorized
+
+    passed_on: list[str] = []
+
+    async def framework(scope, receive, send):
+        passed_on.append(f"{scope['method']} {scope['path']}?{scope['query_string'].decode()}")
+
+    async def admit(request, principal):
+        return 201, {"job_id": "j1", "state": principal}
+
+    def submitter(request):
+        if request.headers.get("authorization") != "Bearer good":
+            raise Unauthorized("invalid token")
+        return "PENDING"
+
+    monkeypatch.setattr(fastlane, "admit", admit)
+    monkeypatch.setattr(fastlane, "_require_submitter", submitter)
+    lane = fastlane.SubmitFastLane(framework)
+
+    async def call(method="POST", path="/v1/jobs", query=b"", headers=((b"authorization", b"Bearer good"),)):
+        sent: list[dict] = []
+
+        async def send(message):
+            sent.append(message)
+
+        async def receive():
+            return {"type": "http.request", "body": b"{}", "more_body": False}
+
+        await lane({"type": "http", "method": method, "path": path, "query_string": query,
+                    "headers": list(headers)}, receive, send)
+        return sent
+
+    sent = await call()
+    assert sent[0]["status"] == 201 and json.loads(sent[1]["body"]) == {"job_id": "j1", "state": "PENDING"}
+    sent = await call(headers=((b"authorization", b"Bearer bad"),))
+    assert sent[0]["status"] == 401 and json.loads(sent[1]["body"])["code"] == "UNAUTHORIZED"
+    assert passed_on == []
+    for kw in ({"method": "GET"}, {"path": "/v1/jobs/"}, {"query": b"x=1"},
+               {"headers": ((b"origin", b"http://127.0.0.1:3000"), (b"authorization", b"Bearer good"))}):
+        assert await call(**kw) == []
+    assert len(passed_on) == 4
