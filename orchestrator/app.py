@@ -22,7 +22,6 @@ from orchestrator.api import carbon as carbon_api
 from orchestrator.api import jobs as jobs_api
 from orchestrator.api import system, ws
 from orchestrator.api import telemetry as telemetry_api
-from orchestrator.api.fastlane import SubmitFastLane
 from orchestrator.auth import Authenticator
 from orchestrator.carbon import service as carbon
 from orchestrator.cluster import Cluster
@@ -103,7 +102,6 @@ def create_app(settings: OrchestratorSettings | None = None) -> FastAPI:
     app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                        allow_headers=["*"])
     install_error_handlers(app, validation_code="INVALID_JOB")
-    app.add_middleware(SubmitFastLane)
     for router in ROUTERS:
         app.include_router(router)
     return app

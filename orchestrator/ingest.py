@@ -34,7 +34,7 @@ from orchestrator import throttle
 from orchestrator.pullfeed import PullFeed
 from orchestrator.runtime import DB_DOWN_ERRORS, Runtime
 from services import subjects
-from services.bus import dead_letter, decode, ensure_telemetry_stream
+from services.bus import dead_letter, decode, ensure_telemetry_stream, js_delivery
 from services.errors import MalformedMessage
 from services.fastdecode import FastDecoder
 from services.schemas import TelemetryBatch, TelemetrySample
@@ -110,15 +110,8 @@ async def write_rows(conn: asyncpg.Connection, rows: list[tuple], *, maybe_store
 
 def times_delivered(msg: Msg) -> int:
     """How many times JetStream has delivered this message, from its ack subject (no full metadata parse)."""
-    tokens = msg.reply.split(".") if msg.reply else ()
-    try:
-        if len(tokens) == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<dseq>.<ts>.<pending>
-            return int(tokens[4])
-        if len(tokens) >= 11:  # $JS.ACK.<domain>.<account hash>.<stream>.<consumer>.<delivered>...
-            return int(tokens[6])
-    except ValueError:
-        pass
-    return 1
+    d = js_delivery(msg.reply)
+    return d[0] if d is not None else 1
 
 
 @dataclass

@@ -22,7 +22,7 @@ _JSON = (b"content-type", b"application/json")
 
 
 class SubmitFastLane:
-    """ASGI middleware (innermost of the framework's own error layers, outermost of the application's)."""
+    """The ASGI application uvicorn serves: the fast lane, then the FastAPI application for everything else."""
 
     def __init__(self, app) -> None:
         self.app = app
@@ -32,6 +32,7 @@ class SubmitFastLane:
                 or scope.get("query_string") or any(k == b"origin" for k, _ in scope["headers"])):
             await self.app(scope, receive, send)
             return
+        scope["app"] = self.app  # (what Starlette would set: the route's functions read app.state)
         request = Request(scope, receive)
         try:
             status, body = await admit(request, _require_submitter(request))

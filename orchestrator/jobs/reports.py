@@ -29,7 +29,7 @@ from orchestrator.jobs.scheduler import Scheduler
 from orchestrator.jobs.states import Transition
 from orchestrator.runtime import Runtime
 from services import subjects
-from services.bus import JOBS_STREAM, dead_letter, decode, ensure_jobs_stream
+from services.bus import JOBS_STREAM, dead_letter, decode, ensure_jobs_stream, js_delivery
 from services.errors import MalformedMessage
 from services.schemas import FINAL_STATES, JobLogLine, JobState, JobStateEvent
 
@@ -53,10 +53,9 @@ def _orchestrator_hint(data: bytes, job_id: str) -> tuple[str, JobState] | None:
 
 
 def _stream_seq(msg) -> int:
-    try:
-        return msg.metadata.sequence.stream
-    except Exception:  # not a JetStream message (cannot happen on a pull subscription): claim nothing
-        return 1 << 62
+    d = js_delivery(msg.reply)
+    # Not a JetStream message (cannot happen on a pull subscription): claim nothing.
+    return d[1] if d is not None else 1 << 62
 
 
 class Reports:

@@ -249,7 +249,9 @@ async def test_the_submission_fast_lane_answers_as_the_route_does(http, nc):
             key = uuid.uuid4().hex
             r1 = await post(via, {"Idempotency-Key": key}, {"name": "lane", **CMD}, origin)
             r2 = await post(via, {"Idempotency-Key": key}, {"name": "lane", **CMD}, origin)
-            assert (r1.status_code, r2.status_code) == (201, 200) and r1.json() == r2.json(), (via, r1.text)
+            # (the repeat answers the job's state now, which may have moved on)
+            assert (r1.status_code, r2.status_code) == (201, 200), (via, r1.text, r2.text)
+            assert r1.json()["job_id"] == r2.json()["job_id"]
             assert r1.json()["state"] == "PENDING"
             # A browser's request took the framework's way: the CORS answer is there.
             assert ("access-control-allow-origin" in r1.headers) == origin, r1.headers

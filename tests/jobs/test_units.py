@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from orchestrator.cluster import Cluster
-from orchestrator.jobs.accounting import Accounting, Capacity, build_pool, select
+from orchestrator.jobs.accounting import Accounting, Capacity, build_pool, eligible, select
 from orchestrator.jobs.model import Job
 from orchestrator.jobs.queue import JobQueue
 from orchestrator.jobs.states import Refused, Transition, advance
@@ -162,6 +162,28 @@ def test_pool_excludes_unhealthy_stale_and_excluded_gpus():
     acc = Accounting(c)
     assert [g.uuid for g in build_pool(acc).gpus] == ["G-n1-0"]
     assert build_pool(acc, now_mono=time.monotonic() + 60).gpus == []  # every sample stale
+
+
+def test_pool_is_eligible_gpus_with_their_free_memory():
+    """build_pool inlines `eligible` and `free_mb` for speed: it must agree with them on a mixed cluster."""
+    c = cluster_with({f"n{i}": 4 for i in range(6)}, mem=16000, used=700)
+    acc = Accounting(c)
+    c.gpus["G-n0-1"].excluded_reason = "critical alert"
+    c.gpus["G-n1-2"].reported_healthy = False
+    c.nodes["n2"].healthy = False
+    c.gpus["G-n3-0"].sample = c.gpus["G-n3-0"].sample.model_copy(update={"healthy": False})
+    c.gpus["G-n3-1"].sample = c.gpus["G-n3-1"].sample.model_copy(update={"mem_used_mb": None})
+    c.gpus["G-n4-0"].sample_mono -= 60  # stale
+    acc.reserve("j1", "a", ["G-n5-0", "G-n5-1"], 3000, "batch", None)
+    acc.reserve("j2", "a", ["G-n5-0"], 2000, "training", None, running=True)
+    acc.reserve("j3", "b", ["G-n4-3"], 9000, "batch", None, running=True)  # running past what it promised: 700 used
+    now = time.monotonic()
+    pool = build_pool(acc, now_mono=now)
+    expect = [g for g in c.gpus.values() if eligible(c, g, now)]
+    assert [g.uuid for g in pool.gpus] == [g.uuid for g in expect] and len(expect) == 24 - 8
+    assert pool.free.tolist() == [acc.free_mb(g) for g in expect]
+    assert pool.util.tolist() == [g.sample.util_gpu_pct or 0.0 for g in expect]
+    assert [pool.nodes[i] for i in pool.node_of] == [g.node for g in expect]
 
 
 def test_select_caps_candidates_and_keeps_multi_gpu_on_one_node():
