@@ -94,9 +94,15 @@ class CandidateTable:
 
     def take(self, idx: np.ndarray) -> CandidateTable:
         idx = np.asarray(idx, dtype=np.int64)
-        pick = idx.tolist()  # plain ints: indexing lists with numpy integers is several times slower
-        return CandidateTable({k: v[idx] for k, v in self.num.items()}, [self.uuids[i] for i in pick],
-                              [self.nodes[i] for i in pick], [self.indices[i] for i in pick], self.node_ids[idx])
+        if len(idx) == 0:
+            return CandidateTable({k: v[idx] for k, v in self.num.items()}, [], [], [], self.node_ids[idx])
+        # One C-level getter over plain ints (indexing lists with numpy integers is several times slower).
+        pick = itemgetter(*idx.tolist())
+        if len(idx) == 1:
+            uuids, nodes, indices = [pick(self.uuids)], [pick(self.nodes)], [pick(self.indices)]
+        else:
+            uuids, nodes, indices = list(pick(self.uuids)), list(pick(self.nodes)), list(pick(self.indices))
+        return CandidateTable({k: v[idx] for k, v in self.num.items()}, uuids, nodes, indices, self.node_ids[idx])
 
 
 def node_codes(nodes: Sequence[str]) -> np.ndarray:
