@@ -64,11 +64,14 @@ def heuristic_decision(job_id: str | None, job: JobFeatures, candidates: list[Ca
     others = np.ones(len(scores), dtype=bool)
     others[idx] = False
     runner_up = table.uuids[int(np.flatnonzero(others)[np.argmin(scores[others])])] if others.any() else None
-    return PlacementDecision(
-        job_id=job_id, chosen_uuid=chosen[0], chosen_node=table.nodes[int(idx[0])], chosen_uuids=chosen,
+    # Every value is computed here from validated candidates: constructed without validating again (once per
+    # job in the scheduler's hot loop). Every field is given, as model_construct does not copy default factories.
+    return PlacementDecision.model_construct(
+        v=1, job_id=job_id, chosen_uuid=chosen[0], chosen_node=table.nodes[int(idx[0])], chosen_uuids=chosen,
         policy="heuristic", fallback_reason=reason, model_version=None,
-        scores=dict(zip(table.uuids, np.round(scores, 3).tolist(), strict=True)), runner_up_uuid=runner_up,
-        rejected=rejected, latency_ms=round((time.perf_counter() - t0) * 1000.0, 3), time=utcnow())
+        scores=dict(zip(table.uuids, np.round(scores, 3).tolist(), strict=True)), contributions=[],
+        runner_up_uuid=runner_up, runner_up_contributions=[], rejected=rejected,
+        latency_ms=round((time.perf_counter() - t0) * 1000.0, 3), time=utcnow(), job=None, chosen_state=[])
 
 
 class Placer:
