@@ -148,18 +148,18 @@ def _body(name: str) -> bytes:
                          "job_type": "inference"})
 
 
-async def submit_all(url: str, token: str, n: int, concurrency: int, run_id: str,
+async def submit_all(url: str | list[str], token: str, n: int, concurrency: int, run_id: str,
                      deadline: float = float("inf")) -> list[tuple[str, float, float]]:
     """Submit over `concurrency` keep-alive connections at once (closed loop); no new submission after `deadline`
-    (monotonic), so the benchmark stays bounded on a slow host."""
+    (monotonic), so the benchmark stays bounded on a slow host. Several URLs: the connections spread over them."""
     import uuid
 
-    host, port = _endpoint(url)
+    endpoints = [_endpoint(u) for u in ([url] if isinstance(url, str) else url)]
     out: list[tuple[str, float, float]] = []
     counter = iter(range(n))
 
-    async def worker() -> None:
-        conn = LeanConnection(host, port, token)
+    async def worker(w: int) -> None:
+        conn = LeanConnection(*endpoints[w % len(endpoints)], token)
         try:
             for i in counter:
                 if time.monotonic() > deadline:
@@ -171,26 +171,29 @@ async def submit_all(url: str, token: str, n: int, concurrency: int, run_id: str
         finally:
             conn.close()
 
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(*(worker(w) for w in range(concurrency)))
     return out
 
 
-async def submit_paced(url: str, token: str, n: int, rate: float, run_id: str) -> list[tuple[str, float, float]]:
+async def submit_paced(url: str | list[str], token: str, n: int, rate: float, run_id: str
+                       ) -> list[tuple[str, float, float]]:
     """Open loop: one submission every 1/rate s whatever the answers (latency with the system not saturated).
-    Connections are reused when free, opened when all are busy."""
+    Connections are reused when free, opened when all are busy. Several URLs (replicas): taken in turn, as a
+    round-robin load balancer would."""
     import uuid
 
-    host, port = _endpoint(url)
+    endpoints = [_endpoint(u) for u in ([url] if isinstance(url, str) else url)]
     out: list[tuple[str, float, float]] = []
-    idle: list[LeanConnection] = []
+    idle: list[list[LeanConnection]] = [[] for _ in endpoints]
 
     async def one(i: int) -> None:
-        conn = idle.pop() if idle else LeanConnection(host, port, token)
+        k = i % len(endpoints)
+        conn = idle[k].pop() if idle[k] else LeanConnection(*endpoints[k], token)
         body, key = _body(f"{run_id}-{i}"), uuid.uuid4().hex
         t0 = time.time()
         answer = await conn.submit(body, key)
         out.append((answer["job_id"], t0, time.time()))
-        idle.append(conn)
+        idle[k].append(conn)
 
     tasks = []
     start = time.monotonic()
@@ -198,8 +201,9 @@ async def submit_paced(url: str, token: str, n: int, rate: float, run_id: str) -
         await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
         tasks.append(asyncio.create_task(one(i)))
     await asyncio.gather(*tasks)
-    for conn in idle:
-        conn.close()
+    for conns in idle:
+        for conn in conns:
+            conn.close()
     return out
 
 
@@ -265,43 +269,49 @@ def run(args: argparse.Namespace) -> dict:
     procs: list = []
     try:
         dsn = pg.create_database("bench_scheduler")
-        orch = orchestrator(ns.url, dsn, ai_core_url=args.ai_core_url, log_path=tmp / "orchestrator.log",
-                            extra_env={"LOG_LEVEL": args.log_level, "JOB_MAX_QUEUE": str(args.jobs * 2),
-                                       "HEARTBEAT_TIMEOUT_S": "20", "SAMPLE_STALE_S": "15",
-                                       **dict(kv.split("=", 1) for kv in args.orchestrator_env)}).start()
-        procs.append(orch)
+        orchs = [orchestrator(ns.url, dsn, ai_core_url=args.ai_core_url, log_path=tmp / f"orchestrator-{r}.log",
+                              extra_env={"LOG_LEVEL": args.log_level, "JOB_MAX_QUEUE": str(args.jobs * 2),
+                                         "HEARTBEAT_TIMEOUT_S": "20", "SAMPLE_STALE_S": "15",
+                                         "ORCHESTRATOR_INSTANCE_ID": f"bench-{r}",
+                                         **dict(kv.split("=", 1) for kv in args.orchestrator_env)}).start()
+                 for r in range(args.replicas)]
+        procs.extend(orchs)
+        urls = [o.url for o in orchs]
         ready = tmp / "fleet.ready"
         fleet_proc = subprocess.Popen([sys.executable, __file__, "--fleet", "--nats", ns.url, "--nodes",
                                        str(args.nodes), "--gpus", str(args.gpus), "--run-ms", str(args.run_ms),
                                        "--ready-file", str(ready)], cwd=ROOT,
                                       stdout=open(tmp / "fleet.log", "ab"), stderr=subprocess.STDOUT)
         procs.append(fleet_proc)
-        wait_gpus(orch.url, TEST_TOKEN, args.nodes * args.gpus, 60)
+        for o in orchs:
+            wait_gpus(o.url, TEST_TOKEN, args.nodes * args.gpus, 60)
         # Warm-up (connections, first placements), not measured.
-        warm = asyncio.run(submit_all(orch.url, TEST_TOKEN, 20, 4, "warm"))
+        warm = asyncio.run(submit_all(urls, TEST_TOKEN, 20, 4, "warm"))
         asyncio.run(wait_done(dsn, [w[0] for w in warm], time.monotonic() + 30))
         # Paced: latency of the pipeline itself, arrivals below capacity.
-        paced = asyncio.run(submit_paced(orch.url, TEST_TOKEN, args.paced_jobs, args.paced_rate, "paced"))
+        paced = asyncio.run(submit_paced(urls, TEST_TOKEN, args.paced_jobs, args.paced_rate, "paced"))
         asyncio.run(wait_done(dsn, [p[0] for p in paced], time.monotonic() + 20))
         paced_times = asyncio.run(event_times(dsn, [p[0] for p in paced]))
         print(f"cluster ready after {time.monotonic() - started:.1f}s; submitting {args.jobs} jobs "
               f"with {args.concurrency} concurrent HTTP clients", file=sys.stderr)
         # What the orchestrator burns with 100 nodes and no jobs (heartbeats, telemetry ingest, alerts):
         # subtracted to give the CPU a job costs.
-        idle0, idle_t0 = cpu_s(orch.proc.pid), time.monotonic()
+        def orch_cpu() -> float:
+            return sum(cpu_s(o.proc.pid) for o in orchs)
+
+        idle0, idle_t0 = orch_cpu(), time.monotonic()
         time.sleep(IDLE_WINDOW_S)
-        idle_rate = (cpu_s(orch.proc.pid) - idle0) / (time.monotonic() - idle_t0)
+        idle_rate = (orch_cpu() - idle0) / (time.monotonic() - idle_t0)
         run_t0 = time.monotonic()
-        cpu0 = {name: cpu_s(pid) for name, pid in (("orchestrator", orch.proc.pid), ("fleet", fleet_proc.pid))}
+        cpu0 = {"orchestrator": orch_cpu(), "fleet": cpu_s(fleet_proc.pid)}
         if args.rate > 0:
-            subs = asyncio.run(submit_paced(orch.url, TEST_TOKEN, args.jobs, args.rate, "bench"))
+            subs = asyncio.run(submit_paced(urls, TEST_TOKEN, args.jobs, args.rate, "bench"))
         else:
-            subs = asyncio.run(submit_all(orch.url, TEST_TOKEN, args.jobs, args.concurrency, "bench",
+            subs = asyncio.run(submit_all(urls, TEST_TOKEN, args.jobs, args.concurrency, "bench",
                                           deadline=started + SUBMIT_LIMIT_S))
         ids = [s[0] for s in subs]
         states = asyncio.run(wait_done(dsn, ids, started + HARD_LIMIT_S - 15))
-        cpu = {name: cpu_s(pid) - cpu0[name] for name, pid in (("orchestrator", orch.proc.pid),
-                                                               ("fleet", fleet_proc.pid))}
+        cpu = {"orchestrator": orch_cpu() - cpu0["orchestrator"], "fleet": cpu_s(fleet_proc.pid) - cpu0["fleet"]}
         run_s = time.monotonic() - run_t0
         times = asyncio.run(event_times(dsn, ids))
     finally:
@@ -343,6 +353,7 @@ def run(args: argparse.Namespace) -> dict:
         "jobs": args.jobs, "jobs_submitted": len(subs), "truncated_by_time_limit": len(subs) < args.jobs,
         "reached_running": len(to_running), "final_states": states,
         "nodes": args.nodes, "gpus_per_node": args.gpus, "concurrency": args.concurrency, "run_ms": args.run_ms,
+        "rate_per_s": args.rate or None, "orchestrator_replicas": args.replicas,
         "placement_policy": "heuristic fallback (no AI core)" if "127.0.0.1:9" in args.ai_core_url else
         f"AI core at {args.ai_core_url}",
         "agents": f"{args.nodes} protocol-level fake agents in one separate process (tests/jobs/fake_agent.py)",
@@ -365,6 +376,9 @@ def main() -> int:
     p.add_argument("--concurrency", type=int, default=64, help="concurrent HTTP submitters")
     p.add_argument("--orchestrator-env", action="append", default=[], metavar="NAME=VALUE",
                    help="a setting for the orchestrator (e.g. JOB_SCHEDULER_BATCH=64); repeatable")
+    p.add_argument("--replicas", type=int, default=1,
+                   help="orchestrator replicas (one schedules; submissions are spread over all, as a load balancer"
+                        " would)")
     p.add_argument("--rate", type=float, default=0.0, help="open-loop submissions/s for the main phase")
     p.add_argument("--run-ms", type=int, default=500, help="how long each job runs")
     p.add_argument("--paced-jobs", type=int, default=100, help="jobs of the open-loop latency phase")
