@@ -105,23 +105,9 @@ class Cluster:
         return gpu
 
     def apply_batches(self, batches: Iterable[TelemetryBatch], arrived_mono: float) -> list[str]:
-        """Apply every sample of the batches (ingest's hot path); returns the uuids of the GPUs they touched."""
-        gpus = self.gpus
+        """Apply every sample of the batches (ingest's path); returns the uuids of the GPUs they touched."""
         apply = self.apply_sample
-        touched = []
-        for batch in batches:
-            for s in batch.samples:
-                uuid = s.gpu_uuid
-                gpu = gpus.get(uuid)
-                cur = gpu.sample if gpu is not None else None
-                if cur is None or s.time >= cur.time:
-                    if gpu is None or s.mem_total_mb is not None and s.mem_total_mb != gpu.mem_total_mb:
-                        apply(s, arrived_mono)  # a GPU seen first in telemetry, or its memory size changed
-                    else:
-                        gpu.sample = s
-                        gpu.sample_mono = arrived_mono
-                touched.append(uuid)
-        return touched
+        return [apply(s, arrived_mono).uuid for batch in batches for s in batch.samples]
 
     def expire_nodes(self, timeout_s: float) -> list[NodeState]:
         """Mark nodes silent for longer than `timeout_s` unhealthy; return those that just went down."""

@@ -185,46 +185,23 @@ class FastDecoder(Generic[M]):
                 if isinstance(default, (list, dict, set)):
                     raise UnsupportedField(f"{model.__name__}.{name}: mutable default")
             fields.append((name, tp, default))
-        plan.struct = msgspec.defstruct(f"_{model.__name__}Wire", fields, forbid_unknown_fields=extra == "forbid", kw_only=True,
-                                        gc=False)
+        plan.struct = msgspec.defstruct(f"_{model.__name__}Wire", fields, forbid_unknown_fields=extra == "forbid",
+                                        kw_only=True, gc=False)
         return plan
 
     def _field_type(self, where: str, tp: Any, metadata: list[Any]) -> tuple[Any, Callable[[Any], Any] | None]:
         """The msgspec type for a pydantic annotation with its constraints, and a conversion applied afterwards."""
-        if get_origin(tp) is Annotated:
+        origin = get_origin(tp)
+        if origin is Annotated:
             base, *extra = get_args(tp)
             return self._field_type(where, base, [*extra, *metadata])
-        meta: dict[str, Any] = {}
-        fix = None
-        for m in metadata:
-            if isinstance(m, FieldInfo):  # Annotated[float, Field(ge=..)] nested in a union: its constraints
-                if m.alias or m.validation_alias:
-                    raise UnsupportedField(f"{where}: alias")
-                metadata.extend(m.metadata)
-            elif isinstance(m, AfterValidator) and m.func in _KNOWN_AFTER:
-                fix = _KNOWN_AFTER[m.func]
-            elif isinstance(m, at.Ge | at.Gt | at.Le | at.Lt):
-                # Several bounds of one kind (a shared Annotated type narrowed by a Field): keep the strictest, so
-                # msgspec never accepts what pydantic refuses.
-                key = type(m).__name__.lower()
-                val = getattr(m, key)
-                if key in meta:
-                    val = max(meta[key], val) if key in ("ge", "gt") else min(meta[key], val)
-                meta[key] = val
-            elif isinstance(m, at.MinLen):
-                meta["min_length"] = max(meta.get("min_length", 0), m.min_length)
-            elif isinstance(m, at.MaxLen):
-                meta["max_length"] = min(meta.get("max_length", m.max_length), m.max_length)
-            else:  # patterns (another regex dialect), strict flags, multiple_of...: not mirrored
-                raise UnsupportedField(f"{where}: constraint {m!r}")
-        origin = get_origin(tp)
         if origin in (Union, types.UnionType):
             args = get_args(tp)
             if len(args) != 2 or type(None) not in args:
                 raise UnsupportedField(f"{where}: union {tp!r}")
-            inner = next(a for a in args if a is not type(None))
-            mtp, fix = self._field_type(where, inner, metadata)
-            return mtp | None, fix
+            inner, fix = self._field_type(where, next(a for a in args if a is not type(None)), metadata)
+            return inner | None, fix
+        meta, fix = _constraints(where, metadata)
         if origin is list:
             (item,) = get_args(tp)
             itp, ifix = self._field_type(f"{where}[]", item, [])
@@ -242,14 +219,43 @@ class FastDecoder(Generic[M]):
                 raise UnsupportedField(f"{where}: a datetime without the UTC validator")
             out = str
         elif isinstance(tp, type) and issubclass(tp, BaseModel):
+            if meta:
+                raise UnsupportedField(f"{where}: constraints on a model")
             plan = self._compile(tp)
             out = plan.struct
             fix = (lambda p: lambda v: self._build(p, v))(plan)
-            if origin is None and metadata and meta:
-                raise UnsupportedField(f"{where}: constraints on a model")
         else:
             raise UnsupportedField(f"{where}: type {tp!r}")
         if meta:
             out = Annotated[out, msgspec.Meta(**meta)]
         return out, fix
 
+
+def _constraints(where: str, metadata: list[Any]) -> tuple[dict[str, Any], Callable[[Any], Any] | None]:
+    """msgspec.Meta arguments for a field's pydantic metadata, and the known after-validator's conversion."""
+    meta: dict[str, Any] = {}
+    fix = None
+    pending = list(metadata)
+    while pending:
+        m = pending.pop()
+        if isinstance(m, FieldInfo):  # Annotated[float, Field(ge=..)] nested in a union: its constraints
+            if m.alias or m.validation_alias:
+                raise UnsupportedField(f"{where}: alias")
+            pending.extend(m.metadata)
+        elif isinstance(m, AfterValidator) and m.func in _KNOWN_AFTER:
+            fix = _KNOWN_AFTER[m.func]
+        elif isinstance(m, at.Ge | at.Gt | at.Le | at.Lt):
+            # Several bounds of one kind (a shared Annotated type narrowed by a Field): keep the strictest, so
+            # msgspec never accepts what pydantic refuses.
+            key = type(m).__name__.lower()
+            val = getattr(m, key)
+            if key in meta:
+                val = max(meta[key], val) if key in ("ge", "gt") else min(meta[key], val)
+            meta[key] = val
+        elif isinstance(m, at.MinLen):
+            meta["min_length"] = max(meta.get("min_length", 0), m.min_length)
+        elif isinstance(m, at.MaxLen):
+            meta["max_length"] = min(meta.get("max_length", m.max_length), m.max_length)
+        else:  # patterns (another regex dialect), strict flags, multiple_of...: not mirrored
+            raise UnsupportedField(f"{where}: constraint {m!r}")
+    return meta, fix

@@ -85,12 +85,8 @@ class Accounting:
         return self.by_gpu.get(uuid, {})
 
     def free_mb(self, gpu: GpuState) -> float:
-        holds = self.by_gpu.get(gpu.uuid, {})
-        promised = sum(h.mb for h in holds.values())
-        running = sum(h.mb for h in holds.values() if h.running)
-        used = gpu.sample.mem_used_mb if gpu.sample is not None and gpu.sample.mem_used_mb is not None else 0.0
-        other = max(0.0, used - running)
-        return (gpu.mem_total_mb or 0.0) - promised - other
+        used = gpu.sample.mem_used_mb if gpu.sample is not None else None
+        return _free(gpu.mem_total_mb or 0.0, used or 0.0, self.by_gpu.get(gpu.uuid))
 
     def _sync(self, uuid: str) -> None:
         """Mirror the promises into the cluster model, which /v1/gpus and the dashboard show."""
@@ -127,18 +123,23 @@ class Pool:
         return i is not None and self.free[i] >= mb
 
 
-def eligible(cluster: Cluster, gpu: GpuState, now_mono: float) -> bool:
-    """Healthy GPU of a healthy node, with a fresh sample, not excluded by an alert, memory size known."""
-    s = gpu.sample
-    return (s is not None and s.healthy and gpu.reported_healthy and gpu.excluded_reason is None
-            and (now_mono - gpu.sample_mono) < cluster.stale_after_s and bool(gpu.mem_total_mb)
-            and cluster.node_healthy(gpu.node))
+def _free(total: float, used: float, holds: dict[str, _Hold] | None) -> float:
+    """Free memory (see the module docstring): total - promises - what the sample shows beyond the running jobs'
+    promises."""
+    promised = running = 0.0
+    if holds:
+        for h in holds.values():
+            promised += h.mb
+            if h.running:
+                running += h.mb
+    return total - promised - max(0.0, used - running)
 
 
 def build_pool(acc: Accounting, now_mono: float | None = None) -> Pool:
-    """The pool of this scheduling pass. Every pass walks every GPU, so this is `eligible` and `free_mb` inlined
-    into one loop over plain Python values (arrays built once at the end): at 800 GPUs the per-GPU calls and
-    numpy element writes were most of a short pass."""
+    """The GPUs placement may use in this pass: healthy GPUs of healthy nodes, with a fresh sample, not excluded by
+    an alert, memory size known; with their free memory. Every pass walks every GPU, so one loop over plain
+    Python values, arrays built once at the end: at 800 GPUs per-GPU method calls and numpy element writes were
+    most of a short pass."""
     now_mono = time.monotonic() if now_mono is None else now_mono
     cluster = acc.cluster
     stale = cluster.stale_after_s
@@ -159,17 +160,7 @@ def build_pool(acc: Accounting, now_mono: float | None = None) -> Pool:
         if num is None:
             num = node_num[g.node] = len(nodes)
             nodes.append(g.node)
-        used = s.mem_used_mb or 0.0
-        holds = by_gpu.get(g.uuid)
-        if holds:  # (as free_mb: promises, plus what the sample shows beyond the running jobs' promises)
-            promised = running = 0.0
-            for h in holds.values():
-                promised += h.mb
-                if h.running:
-                    running += h.mb
-            free.append(g.mem_total_mb - promised - max(0.0, used - running))
-        else:
-            free.append(g.mem_total_mb - max(0.0, used))
+        free.append(_free(g.mem_total_mb, s.mem_used_mb or 0.0, by_gpu.get(g.uuid)))
         gpus.append(g)
         node_of.append(num)
         util.append(s.util_gpu_pct or 0.0)

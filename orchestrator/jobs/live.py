@@ -110,6 +110,12 @@ async def start(rt: Runtime) -> None:
     rt.hub.scoped_parts["jobs"] = jobs_part
 
 
+def _stored_line(r: Any) -> bytes:
+    """A `log` event for a line read back from the job_logs table."""
+    return sse("log", {"attempt": r["attempt"], "seq": r["seq"], "stream": r["stream"], "line": r["line"],
+                       "time": r["time"].isoformat()})
+
+
 def sse(event: str, data: Any) -> bytes:
     return f"event: {event}\ndata: ".encode() + orjson.dumps(data, default=str) + b"\n\n"
 
@@ -152,8 +158,7 @@ async def follow(rt: Runtime, job_id: str, *, limit_lines: int) -> AsyncIterator
         last_id = max((r["id"] for r in rows), default=0)
         for r in rows:
             if seen.add(r["attempt"], r["seq"]):
-                yield sse("log", {"attempt": r["attempt"], "seq": r["seq"], "stream": r["stream"], "line": r["line"],
-                                  "time": r["time"].isoformat()})
+                yield _stored_line(r)
         loop = asyncio.get_running_loop()
         last_check = 0.0
         last_sent = first_check = loop.time()
@@ -171,8 +176,7 @@ async def follow(rt: Runtime, job_id: str, *, limit_lines: int) -> AsyncIterator
                         last_id = max(last_id, r["id"])
                         if seen.add(r["attempt"], r["seq"]):
                             last_sent = loop.time()
-                            yield sse("log", {"attempt": r["attempt"], "seq": r["seq"], "stream": r["stream"],
-                                              "line": r["line"], "time": r["time"].isoformat()})
+                            yield _stored_line(r)
             if final is None:
                 try:
                     msg = await asyncio.wait_for(queue.get(), timeout=RECHECK_S)
@@ -211,8 +215,7 @@ async def follow(rt: Runtime, job_id: str, *, limit_lines: int) -> AsyncIterator
                 rows = await store.logs(conn, job_id, limit=limit_lines)
             for r in rows:
                 if seen.add(r["attempt"], r["seq"]):
-                    yield sse("log", {"attempt": r["attempt"], "seq": r["seq"], "stream": r["stream"],
-                                      "line": r["line"], "time": r["time"].isoformat()})
+                    yield _stored_line(r)
             yield sse("end", final)
             return
     finally:

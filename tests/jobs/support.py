@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -80,6 +81,20 @@ async def wait_state(c: httpx.AsyncClient, job_id: str, states: str | set[str], 
         return j if j["state"] in want else None
 
     return await until(check, within, f"job {job_id} in {sorted(want)}")
+
+
+async def burst_to_success(c: httpx.AsyncClient, prefix: str, n: int, gpu_mem_mb: int) -> list[str]:
+    """Submit `n` one-GPU jobs at once (each must be accepted, 201), then wait until every one SUCCEEDED."""
+    async def one(k: int) -> str:
+        r = await c.post("/v1/jobs", json={"name": f"{prefix}{k}", "command": ["true"], "gpu_mem_mb": gpu_mem_mb},
+                         headers=headers())
+        assert r.status_code == 201, r.text
+        return r.json()["job_id"]
+
+    ids = await asyncio.gather(*(one(k) for k in range(n)))
+    for jid in ids:
+        await wait_state(c, jid, "SUCCEEDED", within=60)
+    return list(ids)
 
 
 async def events(c: httpx.AsyncClient, job_id: str) -> list[dict[str, Any]]:

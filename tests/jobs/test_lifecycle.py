@@ -13,6 +13,7 @@ import orjson
 from services import subjects
 from services.schemas import JobState, JobStateEvent
 from tests.jobs.support import (
+    burst_to_success,
     events,
     fake_agent,
     headers,
@@ -61,15 +62,7 @@ async def test_no_double_run_and_no_overcommit_under_concurrent_submissions(http
     async with fake_agent(nc, http, gpus=2, mem_total_mb=8000, behaviour=short) as a, \
             fake_agent(nc, http, gpus=2, mem_total_mb=8000, behaviour=short) as b:
         await submit_when_ready(http, {"name": "warm", **CMD, "gpu_mem_mb": 3000})
-
-        async def one(n: int) -> str:
-            r = await http.post("/v1/jobs", json={"name": f"c{n}", **CMD, "gpu_mem_mb": 3000}, headers=headers())
-            assert r.status_code == 201, r.text
-            return r.json()["job_id"]
-
-        ids = await asyncio.gather(*(one(n) for n in range(40)))
-        for jid in ids:
-            await wait_state(http, jid, "SUCCEEDED", within=60)
+        ids = await burst_to_success(http, "c", 40, 3000)
         dispatched = Counter(d.job_id for d in a.dispatches + b.dispatches)
         assert all(dispatched[jid] == 1 for jid in ids), dispatched
         # 8000 MB GPUs and 3000 MB jobs: never more than two at a time on one GPU.
@@ -89,15 +82,7 @@ async def test_a_burst_is_placed_in_batches_with_one_decision_row_per_job(stack,
 
     async with fake_agent(nc, http, gpus=4, mem_total_mb=80000, behaviour=short) as a:
         await submit_when_ready(http, {"name": "warm", **CMD, "gpu_mem_mb": 100})
-
-        async def one(n: int) -> str:
-            r = await http.post("/v1/jobs", json={"name": f"burst{n}", **CMD, "gpu_mem_mb": 100}, headers=headers())
-            assert r.status_code == 201, r.text
-            return r.json()["job_id"]
-
-        ids = await asyncio.gather(*(one(n) for n in range(120)))
-        for jid in ids:
-            await wait_state(http, jid, "SUCCEEDED", within=60)
+        ids = await burst_to_success(http, "burst", 120, 100)
         assert all(n == 1 for n in Counter(d.job_id for d in a.dispatches if d.job_id in ids).values())
     conn = await asyncpg.connect(stack["dsn"])
     try:

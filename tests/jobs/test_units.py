@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from orchestrator.cluster import Cluster
-from orchestrator.jobs.accounting import Accounting, Capacity, build_pool, eligible, select
+from orchestrator.jobs.accounting import Accounting, Capacity, build_pool, select
 from orchestrator.jobs.model import Job
 from orchestrator.jobs.queue import JobQueue
 from orchestrator.jobs.states import Refused, Transition, advance
@@ -165,7 +165,7 @@ def test_pool_excludes_unhealthy_stale_and_excluded_gpus():
 
 
 def test_pool_is_eligible_gpus_with_their_free_memory():
-    """build_pool inlines `eligible` and `free_mb` for speed: it must agree with them on a mixed cluster."""
+    """build_pool's one loop: exactly the eligible GPUs, with `free_mb`'s free memory, on a mixed cluster."""
     c = cluster_with({f"n{i}": 4 for i in range(6)}, mem=16000, used=700)
     acc = Accounting(c)
     c.gpus["G-n0-1"].excluded_reason = "critical alert"
@@ -179,7 +179,8 @@ def test_pool_is_eligible_gpus_with_their_free_memory():
     acc.reserve("j3", "b", ["G-n4-3"], 9000, "batch", None, running=True)  # running past what it promised: 700 used
     now = time.monotonic()
     pool = build_pool(acc, now_mono=now)
-    expect = [g for g in c.gpus.values() if eligible(c, g, now)]
+    out = {"G-n0-1", "G-n1-2", *(f"G-n2-{i}" for i in range(4)), "G-n3-0", "G-n4-0"}
+    expect = [g for g in c.gpus.values() if g.uuid not in out]
     assert [g.uuid for g in pool.gpus] == [g.uuid for g in expect] and len(expect) == 24 - 8
     assert pool.free.tolist() == [acc.free_mb(g) for g in expect]
     assert pool.util.tolist() == [g.sample.util_gpu_pct or 0.0 for g in expect]
