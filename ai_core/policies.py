@@ -13,7 +13,7 @@ import numpy as np
 
 from ai_core.errors import NoFeasibleCandidate
 from ai_core.features import JOB_TYPES, CandidateTable
-from services.schemas.placement import JobFeatures
+from services.schemas.placement import Candidate, JobFeatures
 
 POLICY_NAMES = ("random", "round_robin", "least_utilised", "best_fit")
 
@@ -62,25 +62,51 @@ def memory_safe_mask(table: CandidateTable, job: JobFeatures) -> np.ndarray:
             & growth_room_mask(table, job))
 
 
+def memory_safe_one(c: Candidate, job: JobFeatures) -> tuple[bool, float, float]:
+    """`memory_safe_mask` for one candidate, on plain floats: (safe, unreserved MB, jobs on it). For a few dozen
+    candidates (the scheduler's fallback, once per job) numpy's per-call cost is most of the work; the same
+    arithmetic in the same order gives the same answers (tests/ai_core/test_constraints.py holds them equal)."""
+    total, used, free = float(c.mem_total_mb), float(c.mem_used_mb), float(c.mem_free_mb)
+    unreserved = min(free, total - used if used > 0 else free)
+    types = c.job_types
+    running = max(float(c.jobs_running), float(len(types)))
+    need = float(job.gpu_mem_mb)
+    if not (c.healthy and unreserved >= need):
+        return False, unreserved, running
+    if running <= 0:
+        return True, unreserved, running
+    known, co_growth = 0, 1.0
+    for t in types:
+        g = MEM_GROWTH.get(t)
+        if g is not None:
+            known += 1
+            co_growth = max(co_growth, g)
+    if running > known:
+        co_growth = MEM_GROWTH_UNKNOWN  # co-runners of unknown type
+    occupied = max(total - unreserved, 0.0)
+    own = need * MEM_GROWTH.get(job.job_type, MEM_GROWTH_UNKNOWN)
+    return occupied * co_growth + own <= total, unreserved, running
+
+
+def rejection_reason(healthy: bool, unreserved: float, running: float, need: float) -> str:
+    """Why a candidate was refused, in words an operator can act on."""
+    if not healthy:
+        return "unhealthy"
+    if unreserved < need:
+        return f"needs {need:.0f} MB, {unreserved:.0f} MB unreserved"
+    return (f"needs {need:.0f} MB, {unreserved:.0f} MB unreserved, but shared with {running:.0f} job(s) that leave "
+            "no room for growth")
+
+
 def rejection_reasons(table: CandidateTable, job: JobFeatures, mask: np.ndarray) -> dict[str, str]:
-    """Why each candidate outside `mask` was refused, in words an operator can act on."""
-    out: dict[str, str] = {}
+    """Why each candidate outside `mask` was refused (`rejection_reason`)."""
     idx = np.flatnonzero(~mask)
     need = float(job.gpu_mem_mb)
     # Plain Python values first: indexing numpy arrays one element at a time costs microseconds per candidate.
     rows = zip(idx.tolist(), (table.num["healthy"][idx] > 0).tolist(), unreserved_mb(table)[idx].tolist(),
                table.num["jobs_running"][idx].tolist(), strict=True)
     uuids = table.uuids
-    needs = f"needs {need:.0f} MB, "
-    for i, healthy, free, running in rows:
-        if not healthy:
-            out[uuids[i]] = "unhealthy"
-        elif free < need:
-            out[uuids[i]] = f"{needs}{free:.0f} MB unreserved"
-        else:
-            out[uuids[i]] = (f"{needs}{free:.0f} MB unreserved, but shared with {running:.0f} job(s) that leave "
-                             "no room for growth")
-    return out
+    return {uuids[i]: rejection_reason(healthy, free, running, need) for i, healthy, free, running in rows}
 
 
 def choose(scores: np.ndarray, node_ids: np.ndarray, k: int,

@@ -26,6 +26,7 @@ from orchestrator.auth import Authenticator
 from orchestrator.carbon import service as carbon
 from orchestrator.cluster import Cluster
 from orchestrator.hub import Hub
+from orchestrator.jobs import db as jobs_db
 from orchestrator.metrics import OrchestratorMetrics
 from orchestrator.migrate import apply_migrations, storage_flavour
 from orchestrator.runtime import DB_DOWN_ERRORS, Runtime
@@ -76,7 +77,9 @@ def create_app(settings: OrchestratorSettings | None = None) -> FastAPI:
                                user=settings.nats_user, password=settings.nats_password)
         pool = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=16,
                                          max_inactive_connection_lifetime=60, command_timeout=30)
-        rt = Runtime(settings=settings, nc=nc, js=nc.jetstream(), pool=pool,
+        tx_pool = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=8, reset=jobs_db.keep_session,
+                                            max_inactive_connection_lifetime=60, command_timeout=30)
+        rt = Runtime(settings=settings, nc=nc, js=nc.jetstream(), pool=pool, tx_pool=tx_pool,
                      http=httpx.AsyncClient(timeout=5.0), cluster=Cluster(settings.sample_stale_s),
                      hub=Hub(settings.ws_client_queue), metrics=OrchestratorMetrics(),
                      auth=Authenticator(settings))
@@ -96,6 +99,7 @@ def create_app(settings: OrchestratorSettings | None = None) -> FastAPI:
             with contextlib.suppress(Exception):
                 await nc.drain()
             await rt.http.aclose()
+            await tx_pool.close()
             await pool.close()
 
     app = FastAPI(title="Aether orchestrator", version="1", lifespan=lifespan)

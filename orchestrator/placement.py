@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from typing import Any
 
@@ -24,7 +25,15 @@ from pydantic import ValidationError
 
 from ai_core.errors import NoFeasibleCandidate
 from ai_core.features import table_from_candidates
-from ai_core.policies import SET_AGG, choose, heuristic_scores, memory_safe_mask, rejection_reasons
+from ai_core.policies import (
+    SET_AGG,
+    choose,
+    heuristic_scores,
+    memory_safe_mask,
+    memory_safe_one,
+    rejection_reason,
+    rejection_reasons,
+)
 from orchestrator.errors import ResourceExhausted
 from services import subjects
 from services.schemas.base import utcnow
@@ -44,10 +53,19 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb, $12::jsonb, $13::js
         $17::jsonb)"""
 
 
+# Up to this many candidates, a one-GPU job is decided on plain floats (`memory_safe_one`): numpy's per-call cost
+# would be most of the work. The scheduler offers 32 by default.
+SMALL = 64
+
+
 def heuristic_decision(job_id: str | None, job: JobFeatures, candidates: list[Candidate],
                        reason: str | None) -> PlacementDecision:
     """The documented fallback. Raises ResourceExhausted when no candidate (or no node with enough) fits."""
     t0 = time.perf_counter()
+    if job.gpus == 1 and len(candidates) <= SMALL:
+        picked = _one_gpu(job, candidates)
+        if picked is not None:
+            return _decision(job_id, reason, t0, *picked)
     table = table_from_candidates(candidates)
     # The AI core's own hard constraints, memory growth included: a fallback must not pack jobs onto a GPU that
     # their peaks would run out of memory (nor place what the AI core just refused as RESOURCE_EXHAUSTED).
@@ -60,16 +78,44 @@ def heuristic_decision(job_id: str | None, job: JobFeatures, candidates: list[Ca
         idx, _ = choose(scores, table.node_ids, job.gpus, SET_AGG["heuristic"])
     except NoFeasibleCandidate as exc:
         raise ResourceExhausted(exc.message, job_id=job_id, details={"candidates": len(candidates)}) from None
-    chosen = [table.uuids[i] for i in idx]
     others = np.ones(len(scores), dtype=bool)
     others[idx] = False
     runner_up = table.uuids[int(np.flatnonzero(others)[np.argmin(scores[others])])] if others.any() else None
+    return _decision(job_id, reason, t0, [table.uuids[i] for i in idx], table.nodes[int(idx[0])], table.uuids,
+                     scores, runner_up, rejected)
+
+
+def _one_gpu(job: JobFeatures, candidates: list[Candidate]
+             ) -> tuple[list[str], str, list[str], list[float], str | None, dict[str, str]] | None:
+    """`heuristic_decision` for a one-GPU job, candidate by candidate; None when none is feasible (the table path
+    then raises the usual error)."""
+    need = float(job.gpu_mem_mb)
+    feasible: list[Candidate] = []
+    scores: list[float] = []
+    rejected: dict[str, str] = {}
+    for c in candidates:
+        safe, unreserved, running = memory_safe_one(c, job)
+        if safe:
+            feasible.append(c)
+            scores.append(math.floor(float(c.mem_free_mb) - need) + float(c.util_gpu_pct) / 101.0)
+        else:
+            rejected[c.gpu_uuid] = rejection_reason(bool(c.healthy), unreserved, running, need)
+    if not feasible:
+        return None
+    best = min(range(len(scores)), key=scores.__getitem__)  # the first of equals, as numpy's argmin
+    second = min((i for i in range(len(scores)) if i != best), key=scores.__getitem__, default=None)
+    return ([feasible[best].gpu_uuid], feasible[best].node, [c.gpu_uuid for c in feasible], scores,
+            feasible[second].gpu_uuid if second is not None else None, rejected)
+
+
+def _decision(job_id: str | None, reason: str | None, t0: float, chosen: list[str], node: str, uuids: list[str],
+              scores, runner_up: str | None, rejected: dict[str, str]) -> PlacementDecision:
     # Every value is computed here from validated candidates: constructed without validating again (once per
     # job in the scheduler's hot loop). Every field is given, as model_construct does not copy default factories.
     return PlacementDecision.model_construct(
-        v=1, job_id=job_id, chosen_uuid=chosen[0], chosen_node=table.nodes[int(idx[0])], chosen_uuids=chosen,
+        v=1, job_id=job_id, chosen_uuid=chosen[0], chosen_node=node, chosen_uuids=chosen,
         policy="heuristic", fallback_reason=reason, model_version=None,
-        scores=dict(zip(table.uuids, np.round(scores, 3).tolist(), strict=True)), contributions=[],
+        scores=dict(zip(uuids, np.round(scores, 3).tolist(), strict=True)), contributions=[],
         runner_up_uuid=runner_up, runner_up_contributions=[], rejected=rejected,
         latency_ms=round((time.perf_counter() - t0) * 1000.0, 3), time=utcnow(), job=None, chosen_state=[])
 

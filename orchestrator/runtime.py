@@ -35,6 +35,8 @@ class Runtime:
     metrics: OrchestratorMetrics
     auth: Authenticator
     db_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    # The hot loops' transactions (orchestrator/jobs/db.py `transaction`): a pool without the reset round trip.
+    tx_pool: asyncpg.Pool | None = None
     storage: str = "unknown"
     tasks: list[asyncio.Task] = field(default_factory=list)
     # Components keep their objects here by name (e.g. "jobs", "alerts"), so others can find them.

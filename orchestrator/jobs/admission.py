@@ -76,8 +76,7 @@ class Admission:
     async def _commit(self, jobs: list[Job]) -> list[Admitted | AetherError]:
         out: list[Admitted | AetherError] = []
         accepted: list[Job] = []
-        async with db.connection(self.rt, transaction=True) as conn:
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", store.ADMISSION_LOCK)
+        async with db.transaction(self.rt, first=store.ADMISSION_LOCK_SQL) as conn:
             counts, pending = await store.admission_counts(conn)
             keys = [(j.tenant, j.idempotency_key) for j in jobs if j.idempotency_key]
             existing = await store.existing_by_key(conn, keys)

@@ -1,4 +1,5 @@
-"""Database access for jobs: a connection or transaction whose 'PostgreSQL is down' becomes the typed 503."""
+"""Database access for jobs: a connection or transaction whose 'PostgreSQL is down' becomes the typed 503, and the
+lean transactions of the hot loops (admission batches, scheduler commits, report batches)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from orchestrator.runtime import DB_DOWN_ERRORS, Runtime
 
 # Besides a refused or broken connection, a server shutting down answers with these.
 DB_ERRORS = (*DB_DOWN_ERRORS, asyncpg.OperatorInterventionError, TimeoutError)
+ROLLBACK_LIMIT_S = 2.0
 
 
 @asynccontextmanager
@@ -32,3 +34,54 @@ async def connection(rt: Runtime, *, transaction: bool = False, timeout_s: float
         raise
     except DB_ERRORS as exc:
         raise DatabaseUnavailable(f"database unavailable: {exc.__class__.__name__}") from exc
+
+
+async def keep_session(conn: asyncpg.Connection) -> None:
+    """The transaction pool's reset: nothing to undo. Its connections only ever run `transaction` below, which
+    leaves no session state behind (no LISTEN, session lock or setting), so asyncpg's reset query - one more round
+    trip per transaction - would reset nothing. (asyncpg still rolls back a transaction left open.)"""
+
+
+@asynccontextmanager
+async def transaction(rt: Runtime, *, first: str | None = None, timeout_s: float = 15.0
+                      ) -> AsyncIterator[asyncpg.Connection]:
+    """A transaction for the hot loops, in as few round trips as it can be: on the transaction pool (no reset on
+    release), with BEGIN sent together with `first` (a statement without parameters, such as a lock or a fence),
+    and COMMIT. Under load each round trip waits its turn on a busy event loop and a busy database, so the number
+    of them, not the work, sets how long a batch takes. Raises DatabaseUnavailable instead of hanging."""
+    if not rt.db_ready.is_set():
+        raise DatabaseUnavailable("database not ready yet (starting or migrating)")
+    pool = rt.tx_pool or rt.pool
+    try:
+        async with asyncio.timeout(timeout_s):
+            conn = await pool.acquire()
+            try:
+                await conn.execute(f"BEGIN; {first}" if first else "BEGIN")
+                yield conn
+                await conn.execute("COMMIT")
+            except BaseException as exc:
+                await _abandon(conn, interrupted=not isinstance(exc, Exception))
+                raise
+            finally:
+                await pool.release(conn)
+    except DatabaseUnavailable:
+        raise
+    except DB_ERRORS as exc:
+        raise DatabaseUnavailable(f"database unavailable: {exc.__class__.__name__}") from exc
+
+
+async def _abandon(conn: asyncpg.Connection, *, interrupted: bool) -> None:
+    """Roll back a failed transaction. A connection that cannot roll back (broken), or whose statement was
+    interrupted (the task was cancelled: the server may still be running it), is closed instead, never handed to
+    the next transaction. Never raises: the caller re-raises what went wrong."""
+    if conn.is_closed():
+        return
+    if not interrupted:
+        try:
+            async with asyncio.timeout(ROLLBACK_LIMIT_S):
+                if conn.is_in_transaction():
+                    await conn.execute("ROLLBACK")
+            return
+        except Exception:
+            pass
+    conn.terminate()

@@ -1,6 +1,6 @@
 """One scheduler at a time across orchestrator replicas: a PostgreSQL session advisory lock held on a connection
 of its own. The lock goes with the session, so a crashed or cut-off leader loses it and a standby takes over
-within a check interval; `fence` lets a transaction prove, inside itself, that the lease is still held."""
+within a check interval; `fence` gives the statement by which a transaction proves, inside itself, that the lease is still held."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ log = logging.getLogger("aether.jobs.leader")
 
 # pg_try_advisory_lock(int, int): shows in pg_locks as classid = KEY1, objid = KEY2, objsubid = 2.
 KEY1, KEY2 = 0x41657468, 0x63686564  # "Aeth", "ched"
+# The error a fenced transaction fails with when the lease is gone (a code of our own, class "AE").
+FENCE_SQLSTATE = "AEL01"
 
 
 class NotLeader(OrchestratorError):
@@ -98,11 +100,18 @@ class Lease:
             self.conn = None
             self.backend_pid = None
 
-    async def fence(self, conn: asyncpg.Connection) -> None:
-        """Inside a transaction: raise NotLeader unless our lease session still holds the lock."""
+    def fence(self) -> str:
+        """A statement for the start of a transaction that fails it (FENCE_SQLSTATE, which `not_leader` recognises)
+        unless our lease session still holds the lock; raises NotLeader at once when we know it is gone. Sent with
+        BEGIN (orchestrator/jobs/db.py `transaction`), it proves the lease at no round trip of its own."""
         pid = self.backend_pid
-        ok = self.held and pid is not None and await conn.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid = $1 AND objid = $2 "
-            "AND objsubid = 2 AND pid = $3 AND granted)", KEY1, KEY2, pid)
-        if not ok:
+        if not self.held or pid is None:
             raise NotLeader("this replica no longer holds the scheduler lease")
+        return (f"DO $$BEGIN IF NOT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid = {KEY1} "
+                f"AND objid = {KEY2} AND objsubid = 2 AND pid = {int(pid)} AND granted) THEN RAISE EXCEPTION "
+                f"'scheduler lease not held' USING ERRCODE = '{FENCE_SQLSTATE}'; END IF; END$$")
+
+
+def not_leader(exc: BaseException) -> bool:
+    """Whether a database error is the fence's: this replica no longer holds the lease."""
+    return isinstance(exc, asyncpg.PostgresError) and getattr(exc, "sqlstate", None) == FENCE_SQLSTATE

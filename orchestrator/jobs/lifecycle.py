@@ -11,6 +11,7 @@ from dataclasses import replace
 import asyncpg
 
 from orchestrator.jobs import db, store
+from orchestrator.jobs.leader import NotLeader, not_leader
 from orchestrator.jobs.metrics import JobMetrics
 from orchestrator.jobs.model import Job
 from orchestrator.jobs.states import Applied, Refused, Transition, advance
@@ -44,50 +45,53 @@ class Lifecycle:
 
     async def apply(self, transitions: Sequence[Transition], *,
                     extra: Callable[[asyncpg.Connection, list[Applied]], Awaitable[None]] | None = None,
-                    fence: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
-                    also_lock: Sequence[str] = (), locked: asyncio.Event | None = None,
+                    fence: Callable[[], str] | None = None,
+                    locked: asyncio.Event | None = None,
                     ) -> tuple[list[Applied], list[tuple[Transition, Refused]]]:
         """Apply in order (several for one job are fine); returns what applied and what was refused, and why.
 
-        `also_lock`: more jobs whose rows `extra` writes about (log lines), locked with the others. `locked` is set
-        once this transaction holds every row lock it will take: a transaction started after that and touching
-        the same jobs waits for this one's commit, so the two apply in order."""
+        `locked` is set once this transaction holds every row lock it will take (`extra` writes only rows that
+        reference jobs, which need none: store.lock_jobs): a transaction started after that and touching
+        the same jobs waits for this one's commit, so the two apply in order. `fence` (the scheduler lease's) gives
+        the statement that proves, inside the transaction, that this replica still leads; NotLeader if not."""
         applied: list[Applied] = []
         refused: list[tuple[Transition, Refused]] = []
         if not transitions and extra is None:
             if locked is not None:
                 locked.set()
             return applied, refused
-        async with db.connection(self.rt, transaction=True) as conn:
-            if fence is not None:
-                await fence(conn)
-            ids = [t.job_id for t in transitions] + list(also_lock)
-            jobs = await store.lock_jobs(conn, ids) if ids else {}
-            if locked is not None:
-                locked.set()
-            for t in transitions:
-                job = jobs.get(t.job_id)
-                if job is None:
-                    refused.append((t, Refused("unknown job")))
-                    continue
-                if t.to == JobState.LOST and job.cancel_requested_at is not None:
-                    # Its node is gone or forgot it, but its owner wanted it stopped anyway: it ends CANCELLED,
-                    # never re-queued. (Decided here, on the locked row, so a cancel from any replica counts.)
-                    t = replace(t, to=JobState.CANCELLED, reason=f"cancelled; {t.reason}", error=None)
-                try:
-                    a = advance(job, t)
-                except Refused as r:
-                    refused.append((t, r))
-                    continue
-                applied.append(a)
-                if a.job.state == JobState.LOST:
-                    a = advance(a.job, self.after_lost(a.job))
+        try:
+            async with db.transaction(self.rt, first=fence() if fence is not None else None) as conn:
+                jobs = await store.lock_jobs(conn, [t.job_id for t in transitions]) if transitions else {}
+                if locked is not None:
+                    locked.set()
+                for t in transitions:
+                    job = jobs.get(t.job_id)
+                    if job is None:
+                        refused.append((t, Refused("unknown job")))
+                        continue
+                    if t.to == JobState.LOST and job.cancel_requested_at is not None:
+                        # Its node is gone or forgot it, but its owner wanted it stopped anyway: it ends CANCELLED,
+                        # never re-queued. (Decided here, on the locked row, so a cancel from any replica counts.)
+                        t = replace(t, to=JobState.CANCELLED, reason=f"cancelled; {t.reason}", error=None)
+                    try:
+                        a = advance(job, t)
+                    except Refused as r:
+                        refused.append((t, r))
+                        continue
                     applied.append(a)
-                jobs[t.job_id] = a.job
-            if applied:
-                await store.write_transitions(conn, applied)
-            if extra is not None:  # more writes that must commit (or not) with these transitions
-                await extra(conn, applied)
+                    if a.job.state == JobState.LOST:
+                        a = advance(a.job, self.after_lost(a.job))
+                        applied.append(a)
+                    jobs[t.job_id] = a.job
+                if applied:
+                    await store.write_transitions(conn, applied)
+                if extra is not None:  # more writes that must commit (or not) with these transitions
+                    await extra(conn, applied)
+        except asyncpg.PostgresError as exc:
+            if not_leader(exc):
+                raise NotLeader("this replica no longer holds the scheduler lease") from None
+            raise
         await self._after(applied)
         return applied, refused
 

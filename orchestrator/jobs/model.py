@@ -125,7 +125,7 @@ class Job:
                 self.cancel_requested_at, self.scheduled_at, self.started_at, self.finished_at, self.state_since)
 
     def insert_values(self) -> tuple:
-        """Parameters of store.INSERT_JOB, in its order."""
+        """One job's values for store.INSERT_JOBS, in its order."""
         return (self.id, self.name, self.tenant, self.submitted_by, self.idempotency_key, self.spec_json,
                 self.job_type, self.model, self.priority, self.gpus, self.gpu_mem_mb, self.max_duration_s,
                 self.state.value, self.submitted_at, self.state_since)

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 
+import asyncpg
 import orjson
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -191,8 +192,10 @@ class Reports:
             try:
                 await self.handle(msgs, locked)
                 return
-            except DatabaseUnavailable as exc:
-                log.warning("job reports not applied, retrying", extra={"error": exc.message, "retry_in_s": delay})
+            except (DatabaseUnavailable, asyncpg.TransactionRollbackError) as exc:
+                # (A deadlock or serialization failure rolled the batch back: it applies on a retry.)
+                log.warning("job reports not applied, retrying", extra={"error": getattr(exc, "message", repr(exc)),
+                                                                          "retry_in_s": delay})
                 for msg in msgs:
                     try:
                         await msg.in_progress()
@@ -273,11 +276,11 @@ class Reports:
         async def store_logs(conn, _applied) -> None:
             await store.insert_logs(conn, log_rows)
 
-        # The jobs of the log lines are locked too: their inserts take a key-share lock on those jobs' rows, and
-        # taking it after `locked` (while a later batch may hold one of those rows) could deadlock.
+        # Log lines lock no job row: their foreign key's key-share lock does not conflict with the transitions'
+        # (store.lock_jobs), so a batch whose lines belong to a job another batch is moving neither waits for it
+        # nor holds it up - consecutive batches (a job's RUNNING, then its first line) used to apply one by one.
         applied, refused = await self.sched.lifecycle.apply(
-            transitions, extra=store_logs if log_rows else None, fence=self.sched.fence,
-            also_lock=sorted({r[0] for r in log_rows}), locked=locked)
+            transitions, extra=store_logs if log_rows else None, fence=self.sched.fence, locked=locked)
         for msg in msgs:
             try:
                 await msg.ack()

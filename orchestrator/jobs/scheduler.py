@@ -61,7 +61,7 @@ def placement_summary(d: PlacementDecision, offered: int) -> dict:
 
 class Scheduler:
     def __init__(self, rt: Runtime, lifecycle: Lifecycle, metrics: JobMetrics, placement: Placement,
-                 fence: Callable[..., Awaitable[None]]) -> None:
+                 fence: Callable[[], str]) -> None:
         self.rt = rt
         self.s = rt.settings
         self.lifecycle = lifecycle

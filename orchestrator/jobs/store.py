@@ -13,16 +13,42 @@ from orchestrator.jobs.states import Applied
 
 ACTIVE = ["PENDING", "SCHEDULED", "RUNNING"]
 
-INSERT_JOB = """
-INSERT INTO jobs (id, name, tenant, submitted_by, idempotency_key, spec, job_type, model, priority, gpus, gpu_mem_mb,
-                  max_duration_s, state, submitted_at, state_since)
-VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+EVENT_COLUMNS = ("job_id", "attempt", "from_state", "to_state", "time", "duration_s", "source", "node", "reason")
+
+
+def _insert_events(first: int) -> str:
+    """Append events (row i of each array is one), in the order given: their ids are a job's history's order.
+    Parameters $first.. on, after those of the statement it ends."""
+    p = [f"${i}" for i in range(first, first + len(EVENT_COLUMNS))]
+    return f"""
+INSERT INTO job_events (job_id, attempt, from_state, to_state, time, duration_s, source, node, reason)
+SELECT job_id, attempt, from_state, to_state, time, duration_s, source, node, reason
+FROM unnest({p[0]}::text[], {p[1]}::int[], {p[2]}::text[], {p[3]}::text[], {p[4]}::timestamptz[], {p[5]}::float8[],
+            {p[6]}::text[], {p[7]}::text[], {p[8]}::text[]) WITH ORDINALITY
+    AS e(job_id, attempt, from_state, to_state, time, duration_s, source, node, reason, n)
+ORDER BY n
 """
 
-# Every changed job of a transaction in ONE statement (row i of each array is one job): a burst of reports or
-# placements updates hundreds of rows, and one statement costs the server one plan and one pass, where a batch of
-# single-row UPDATEs costs it hundreds. JSON columns travel as text and are cast here.
+
+# New jobs and their PENDING events, in one statement (row i of each array is one job).
+INSERT_JOBS = """
+WITH inserted AS (
+INSERT INTO jobs (id, name, tenant, submitted_by, idempotency_key, spec, job_type, model, priority, gpus, gpu_mem_mb,
+                  max_duration_s, state, submitted_at, state_since)
+SELECT id, name, tenant, submitted_by, idempotency_key, spec::jsonb, job_type, model, priority, gpus, gpu_mem_mb,
+       max_duration_s, state, submitted_at, state_since
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::int[],
+            $10::int[], $11::int[], $12::int[], $13::text[], $14::timestamptz[], $15::timestamptz[])
+    AS u(id, name, tenant, submitted_by, idempotency_key, spec, job_type, model, priority, gpus, gpu_mem_mb,
+         max_duration_s, state, submitted_at, state_since)
+)""" + _insert_events(16)
+
+# Every changed job of a transaction in ONE statement (row i of each array is one job), with the transitions'
+# events: a burst of reports or placements updates hundreds of rows, and one statement costs the server one plan
+# and one pass, where a batch of single-row UPDATEs costs it hundreds - and the transaction one round trip, where
+# an UPDATE and a COPY cost three. JSON columns travel as text and are cast here.
 UPDATE_JOBS = """
+WITH changed AS (
 UPDATE jobs AS j SET state = u.state, attempt = u.attempt, lost_count = u.lost_count, node = u.node,
     assignment = u.assignment::jsonb, placement = u.placement::jsonb, exit_code = u.exit_code,
     result = u.result::jsonb, error = u.error, reason = u.reason, pid = u.pid,
@@ -34,9 +60,7 @@ FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::text[], $6::text[]
     AS u(id, state, attempt, lost_count, node, assignment, placement, exit_code, result, error, reason, pid,
          cancel_requested_at, scheduled_at, started_at, finished_at, state_since)
 WHERE j.id = u.id
-"""
-
-EVENT_COLUMNS = ("job_id", "attempt", "from_state", "to_state", "time", "duration_s", "source", "node", "reason")
+)""" + _insert_events(18)
 LOG_COLUMNS = ("job_id", "attempt", "seq", "stream", "line", "time")
 
 # Counts that admission decides on, for the tenants of one batch and the whole queue.
@@ -48,25 +72,35 @@ FROM jobs WHERE state = ANY($1::text[]) GROUP BY tenant
 
 # One lock for admission across replicas: check-then-insert must not interleave, or quotas leak.
 ADMISSION_LOCK = 0x41657468  # "Aeth"
+ADMISSION_LOCK_SQL = f"SELECT pg_advisory_xact_lock({ADMISSION_LOCK})"  # (sent with BEGIN: no parameters)
 
 
 async def lock_jobs(conn: asyncpg.Connection, ids: Iterable[str]) -> dict[str, Job]:
-    """The rows of `ids`, locked for this transaction, in id order so two writers never deadlock."""
-    rows = await conn.fetch("SELECT * FROM jobs WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE", sorted(set(ids)))
+    """The rows of `ids`, locked for this transaction, in id order so two writers never deadlock.
+
+    FOR NO KEY UPDATE, the lock an UPDATE of non-key columns takes: two transitions of one job still wait for each
+    other, but rows that only reference the job (its events and log lines, whose foreign keys take a key-share
+    lock) are written without waiting for, or blocking, a transaction that holds it."""
+    rows = await conn.fetch("SELECT * FROM jobs WHERE id = ANY($1::text[]) ORDER BY id FOR NO KEY UPDATE",
+                            sorted(set(ids)))
     return {r["id"]: Job.from_row(r) for r in rows}
 
 
 async def write_transitions(conn: asyncpg.Connection, applied: Sequence[Applied]) -> None:
-    """Update each changed job once (its final row) and append one event per transition."""
+    """Update each changed job once (its final row) and append one event per transition, in one statement."""
     last: dict[str, Job] = {}
     for a in applied:
         last[a.job.id] = a.job
-    columns = list(zip(*(j.row_values() for j in last.values()), strict=True))
-    await conn.execute(UPDATE_JOBS, *[list(c) for c in columns])
-    await conn.copy_records_to_table("job_events", columns=EVENT_COLUMNS, records=[
-        (a.job.id, a.job.attempt, a.prev.value, a.job.state.value, a.job.state_since, a.duration_s,
-         a.transition.source, a.job.node or a.prev_node or a.transition.node, a.transition.reason)
-        for a in applied])
+    jobs = _columns([j.row_values() for j in last.values()], 17)
+    events = _columns([(a.job.id, a.job.attempt, a.prev.value, a.job.state.value, a.job.state_since, a.duration_s,
+                        a.transition.source, a.job.node or a.prev_node or a.transition.node, a.transition.reason)
+                       for a in applied], len(EVENT_COLUMNS))
+    await conn.execute(UPDATE_JOBS, *jobs, *events)
+
+
+def _columns(rows: list[tuple], width: int) -> list[list]:
+    """Rows to the column arrays the unnest statements take."""
+    return [list(c) for c in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
 
 
 async def admission_counts(conn: asyncpg.Connection) -> tuple[dict[str, tuple[int, int]], int]:
@@ -85,9 +119,10 @@ async def existing_by_key(conn: asyncpg.Connection, keys: list[tuple[str, str]])
 
 
 async def insert_jobs(conn: asyncpg.Connection, jobs: Sequence[Job]) -> None:
-    await conn.executemany(INSERT_JOB, [j.insert_values() for j in jobs])
-    await conn.copy_records_to_table("job_events", columns=EVENT_COLUMNS, records=[
-        (j.id, 0, None, j.state.value, j.submitted_at, None, "orchestrator", None, "submitted") for j in jobs])
+    """Store new jobs with their PENDING events, in one statement."""
+    events = [(j.id, 0, None, j.state.value, j.submitted_at, None, "orchestrator", None, "submitted") for j in jobs]
+    await conn.execute(INSERT_JOBS, *_columns([j.insert_values() for j in jobs], 15),
+                       *_columns(events, len(EVENT_COLUMNS)))
 
 
 async def get_job(conn: asyncpg.Connection | asyncpg.Pool, job_id: str) -> Job | None:
@@ -130,7 +165,9 @@ async def insert_logs(conn: asyncpg.Connection, rows: Sequence[tuple]) -> None:
     """Store log lines of known jobs; a redelivered line (same job, attempt, seq) is stored once."""
     if not rows:
         return
-    cols = list(zip(*rows, strict=True))
+    # In key order: two batches that both carry a redelivered line then wait for each other's row in one order,
+    # never in a cycle (a deadlock).
+    cols = list(zip(*sorted(rows, key=lambda r: (r[0], r[1], r[2])), strict=True))
     await conn.execute(
         "INSERT INTO job_logs (job_id, attempt, seq, stream, line, time) "
         "SELECT u.* FROM unnest($1::text[], $2::int[], $3::int[], $4::text[], $5::text[], $6::timestamptz[]) "

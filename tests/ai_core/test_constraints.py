@@ -100,3 +100,49 @@ def test_the_orchestrators_fallback_keeps_the_growth_constraint():
     assert d.rejected["GPU-n1-0"].endswith("leave no room for growth")
     with pytest.raises(ResourceExhausted):
         heuristic_decision("j2", job(gpu_mem_mb=30000, job_type="training"), [shared], "NO_MODEL")
+
+
+def _random_candidates(rng: np.random.Generator, n: int) -> list:
+    """Mixed candidates: idle and shared GPUs, known and unknown co-runner types, unhealthy ones, tied fits."""
+    types = [*F.JOB_TYPES, "notebook"]
+    out = []
+    for i in range(n):
+        total = float(rng.choice([24576, 81559]))
+        used = float(rng.choice([0.0, rng.uniform(0, total)]))
+        free = float(rng.choice([total - used, rng.uniform(0, total), 20000.0]))  # 20000: equal fits tie
+        running = int(rng.integers(0, 4))
+        co = [types[int(t)] for t in rng.integers(0, len(types), size=int(rng.integers(0, running + 2)))]
+        out.append(gpu(i, node=f"n{i % 3}", mem_total_mb=total, mem_used_mb=used, mem_free_mb=free,
+                       util_gpu_pct=float(rng.choice([0.0, 50.0, rng.uniform(0, 100)])), jobs_running=running,
+                       job_types=co, healthy=bool(rng.random() > 0.1)))
+    return out
+
+
+def test_the_one_gpu_fallback_on_plain_floats_decides_as_the_table_does(monkeypatch):
+    """`heuristic_decision` takes a one-GPU job candidate by candidate (few candidates): the same choice, runner-up,
+    rounded scores and refusals, word for word, as the numpy table path it stands in for."""
+    from orchestrator import placement as P
+    from orchestrator.errors import ResourceExhausted
+
+    def both(j, cands):
+        out = []
+        for small in (P.SMALL, 0):  # 0: every job through the table path
+            monkeypatch.setattr(P, "SMALL", small)
+            try:
+                d = P.heuristic_decision("j", j, cands, "NO_MODEL")
+                out.append((d.chosen_uuids, d.chosen_node, d.runner_up_uuid, d.scores, d.rejected))
+            except ResourceExhausted as exc:
+                out.append(("refused", exc.message))
+        return out
+
+    rng = np.random.default_rng(7)
+    decided = refused = 0
+    for case in range(600):
+        cands = _random_candidates(rng, int(rng.integers(1, 40)))
+        j = job(gpu_mem_mb=float(rng.choice([1024, 20000, rng.uniform(0, 90000)])),
+                job_type=str(rng.choice([*F.JOB_TYPES, "notebook"])))
+        fast, table = both(j, cands)
+        assert fast == table, case
+        refused += fast[0] == "refused"
+        decided += fast[0] != "refused"
+    assert decided > 300 and refused > 10  # both outcomes were exercised
