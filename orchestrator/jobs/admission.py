@@ -3,6 +3,10 @@
 Submissions that arrive together are decided and inserted in one transaction under one advisory lock, so the
 limits hold exactly across replicas (check-then-insert never interleaves) and a burst costs one commit, not one
 per job. Each caller gets its own answer: the stored job, or the typed refusal.
+
+On the scheduler's leader, new jobs that can start right now are placed in that same transaction (the scheduler
+plans them first: `Scheduler.plan_new`), so they reach their node without waiting for a scheduler pass and its
+commit; the rest queue as usual.
 """
 
 from __future__ import annotations
@@ -10,22 +14,29 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
 
 from orchestrator.errors import DatabaseUnavailable, QueueFull, TenantQuotaExceeded
 from orchestrator.jobs import db, store
+from orchestrator.jobs.leader import NotLeader, not_leader
 from orchestrator.jobs.model import Job
+from orchestrator.jobs.states import Applied
 from orchestrator.runtime import Runtime
 from services.errors import AetherError
 
 log = logging.getLogger("aether.jobs.admission")
 
 MAX_BATCH = 500
+CONCURRENT_BATCHES = 2
 
 
 @dataclass
 class Admitted:
     job: Job
     created: bool  # False: an earlier submission with the same idempotency key
+    announced: bool = False  # placed at admission: already queued, published and dispatched
 
 
 class Admission:
@@ -34,6 +45,7 @@ class Admission:
         self.s = rt.settings
         self._waiting: list[tuple[Job, asyncio.Future]] = []
         self._wake = asyncio.Event()
+        self.planner: Any = None  # the Scheduler (plan_new, write_new, placed_new, release, fence), when there is one
 
     def quota(self, tenant: str) -> tuple[int, int]:
         q = self.s.job_tenant_quotas.get(tenant)
@@ -53,56 +65,117 @@ class Admission:
                                       job_id=job.id) from None
 
     async def run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._waiting:
-                batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
-                try:
-                    results = await self._commit([job for job, _ in batch])
-                except AetherError as exc:
-                    results = [exc] * len(batch)
-                except Exception as exc:
-                    log.exception("admission batch failed")
-                    results = [DatabaseUnavailable(f"job not stored: {exc.__class__.__name__}")] * len(batch)
-                for (_, fut), res in zip(batch, results, strict=True):
-                    if fut.done():
-                        continue
-                    if isinstance(res, Exception):
-                        fut.set_exception(res)
-                    else:
-                        fut.set_result(res)
+        # Two batches at a time: the next one plans and waits on the admission lock while the last one commits
+        # and is announced, so a burst waits for one transaction, not for one and a half. (Their checks and
+        # inserts still take turns under the lock, so the limits hold as exactly as with one.)
+        slots = asyncio.Semaphore(CONCURRENT_BATCHES)
+        settling: set[asyncio.Task] = set()
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._waiting:
+                    await slots.acquire()
+                    batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
+                    task = asyncio.create_task(self._settle(batch))
+                    settling.add(task)
+                    task.add_done_callback(lambda t: (settling.discard(t), slots.release()))
+        finally:
+            for task in settling:
+                task.cancel()
 
-    async def _commit(self, jobs: list[Job]) -> list[Admitted | AetherError]:
+    async def _settle(self, batch: list[tuple[Job, asyncio.Future]]) -> None:
+        """Admit one batch and give each caller its answer; never raises."""
+        try:
+            results = await self._admit([job for job, _ in batch])
+        except AetherError as exc:
+            results = [exc] * len(batch)
+        except Exception as exc:
+            log.exception("admission batch failed")
+            results = [DatabaseUnavailable(f"job not stored: {exc.__class__.__name__}")] * len(batch)
+        for (_, fut), res in zip(batch, results, strict=True):
+            if fut.done():
+                continue
+            if isinstance(res, Exception):
+                fut.set_exception(res)
+            else:
+                fut.set_result(res)
+
+    async def _admit(self, jobs: list[Job]) -> list[Admitted | AetherError]:
+        plan = await self._plan(jobs)
+        try:
+            results, applied = await self._commit(jobs, plan)
+        except NotLeader:
+            # The lease went while we planned: store the jobs unplaced (whoever leads now queues them).
+            self.planner.release(list(plan.values()))
+            plan = {}
+            results, applied = await self._commit(jobs, plan)
+        except BaseException:
+            if plan:
+                self.planner.release(list(plan.values()))
+            raise
+        if plan:
+            placed = {a.job.id: a.job for a in applied}
+            self.planner.release([d for job_id, d in plan.items() if job_id not in placed])
+            if placed:
+                results = [Admitted(placed[r.job.id], True, announced=True)
+                           if isinstance(r, Admitted) and r.created and r.job.id in placed else r for r in results]
+                try:
+                    await self.planner.placed_new([j for j in jobs if j.id in placed], applied, plan)
+                except Exception:  # stored is stored: the callers get their job ids whatever the courtesies do
+                    log.exception("announcing jobs placed at admission failed")
+        return results
+
+    async def _plan(self, jobs: list[Job]) -> dict[str, Any]:
+        if self.planner is None:
+            return {}
+        try:
+            return await self.planner.plan_new(jobs)
+        except Exception:  # placing at admission is a shortcut: without it the jobs queue
+            log.exception("placing at admission failed; the jobs queue")
+            return {}
+
+    async def _commit(self, jobs: list[Job], plan: dict[str, Any]
+                      ) -> tuple[list[Admitted | AetherError], list[Applied]]:
         out: list[Admitted | AetherError] = []
         accepted: list[Job] = []
-        async with db.transaction(self.rt, first=store.ADMISSION_LOCK_SQL) as conn:
-            counts, pending = await store.admission_counts(conn)
-            keys = [(j.tenant, j.idempotency_key) for j in jobs if j.idempotency_key]
-            existing = await store.existing_by_key(conn, keys)
-            batch_keys: dict[tuple[str, str], Job] = {}
-            for job in jobs:
-                key = (job.tenant, job.idempotency_key) if job.idempotency_key else None
-                if key is not None and key in existing:
-                    out.append(Admitted(existing[key], created=False))
-                    continue
-                if key is not None and key in batch_keys:
-                    out.append(Admitted(batch_keys[key], created=False))
-                    continue
-                refusal = self._refusal(job, counts, pending)
-                if refusal is not None:
-                    out.append(refusal)
-                    continue
-                active, gpus = counts.get(job.tenant, (0, 0))
-                counts[job.tenant] = (active + 1, gpus + job.gpus)
-                pending += 1
-                accepted.append(job)
-                if key is not None:
-                    batch_keys[key] = job
-                out.append(Admitted(job, created=True))
-            if accepted:
-                await store.insert_jobs(conn, accepted)
-        return out
+        applied: list[Applied] = []
+        # Placements are only written by the scheduler's leader: the lease fence travels with the lock.
+        first = f"{store.ADMISSION_LOCK_SQL}; {self.planner.fence()}" if plan else store.ADMISSION_LOCK_SQL
+        try:
+            async with db.transaction(self.rt, first=first) as conn:
+                counts, pending = await store.admission_counts(conn)
+                keys = [(j.tenant, j.idempotency_key) for j in jobs if j.idempotency_key]
+                existing = await store.existing_by_key(conn, keys)
+                batch_keys: dict[tuple[str, str], Job] = {}
+                for job in jobs:
+                    key = (job.tenant, job.idempotency_key) if job.idempotency_key else None
+                    if key is not None and key in existing:
+                        out.append(Admitted(existing[key], created=False))
+                        continue
+                    if key is not None and key in batch_keys:
+                        out.append(Admitted(batch_keys[key], created=False))
+                        continue
+                    refusal = self._refusal(job, counts, pending)
+                    if refusal is not None:
+                        out.append(refusal)
+                        continue
+                    active, gpus = counts.get(job.tenant, (0, 0))
+                    counts[job.tenant] = (active + 1, gpus + job.gpus)
+                    pending += 1
+                    accepted.append(job)
+                    if key is not None:
+                        batch_keys[key] = job
+                    out.append(Admitted(job, created=True))
+                if accepted:
+                    await store.insert_jobs(conn, accepted)
+                    if plan:
+                        applied = await self.planner.write_new(conn, accepted, plan)
+        except asyncpg.PostgresError as exc:
+            if not_leader(exc):
+                raise NotLeader("this replica no longer holds the scheduler lease") from None
+            raise
+        return out, applied
 
     def _refusal(self, job: Job, counts: dict[str, tuple[int, int]], pending: int) -> AetherError | None:
         if pending >= self.s.job_max_queue:

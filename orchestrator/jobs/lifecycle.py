@@ -92,10 +92,11 @@ class Lifecycle:
             if not_leader(exc):
                 raise NotLeader("this replica no longer holds the scheduler lease") from None
             raise
-        await self._after(applied)
+        await self.announce(applied)
         return applied, refused
 
-    async def _after(self, applied: list[Applied]) -> None:
+    async def announce(self, applied: list[Applied]) -> None:
+        """Committed transitions: log, count, publish (ours), push to live clients, tell the listeners."""
         if not applied:
             return
         m = self.metrics

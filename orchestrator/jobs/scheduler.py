@@ -13,11 +13,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from orchestrator.errors import DatabaseUnavailable
-from orchestrator.jobs import dispatch
+from orchestrator.jobs import dispatch, store
 from orchestrator.jobs.accounting import Accounting, Pool, build_pool, candidate, select
 from orchestrator.jobs.leader import NotLeader
 from orchestrator.jobs.lifecycle import Lifecycle
@@ -25,7 +26,7 @@ from orchestrator.jobs.metrics import JobMetrics
 from orchestrator.jobs.model import ON_NODE_STATES, Job
 from orchestrator.jobs.placing import Placement, best_fit
 from orchestrator.jobs.queue import JobQueue
-from orchestrator.jobs.states import Applied, Transition
+from orchestrator.jobs.states import Applied, Transition, advance
 from orchestrator.runtime import Runtime
 from services.schemas import FINAL_STATES, JobFeatures, JobState, PlacementDecision
 
@@ -77,6 +78,10 @@ class Scheduler:
         self.recently_ended: dict[str, tuple[float, int]] = {}
         self.deferred: dict[str, float] = {}  # deferrable job -> monotonic time to ask the carbon component again
         self.wake = asyncio.Event()
+        # Held while GPUs are being chosen (a pass, or `plan_new`): each works on its own snapshot of free memory,
+        # so two at once could promise the same memory twice. Commits happen outside it: by then the promises are
+        # in the accounting, which every later snapshot starts from.
+        self._deciding = asyncio.Lock()
         self.leading = False
         self.tasks: set[asyncio.Task] = set()
         self._sample_wake = 0.0
@@ -247,48 +252,118 @@ class Scheduler:
         Per-chunk commits made a burst wait on one round of database round trips per 32 jobs."""
         if not self.queue or not self.rt.nc.is_connected:
             return 0  # without NATS a dispatch could not be acknowledged: placing now would only bounce jobs
-        pool = build_pool(self.acc)
-        if not pool.gpus:
-            return 0
-        usage = dict(self.acc.tenant_gpus)
-        now = time.monotonic()
-        chunk: list[tuple[Job, np.ndarray]] = []
         decided: list[_Decided] = []  # reserved in memory, not committed yet
-        first = 0.0
         placed = 0
-        max_free = pool.max_free
-        try:
-            for job in self.queue.ordered(usage):
-                if job.gpu_mem_mb > max_free:
-                    continue  # fits nowhere right now: it waits (smaller jobs behind it may go)
-                if job.deferrable and not await self._may_start(job, now):
-                    continue  # waiting for a cleaner window (carbon-aware deferral)
-                pos = select(pool, job.gpu_mem_mb, job.gpus, self.s.job_placement_max_candidates,
-                             self._avoided(job.id, now), self._resident(job.model))
-                if len(pos) < job.gpus:
-                    continue
-                chunk.append((job, pos))
-                if len(chunk) >= self.s.job_placement_concurrency:
-                    if not decided:
-                        first = time.monotonic()
+        async with self._deciding:
+            pool = build_pool(self.acc)
+            if not pool.gpus:
+                return 0
+            usage = dict(self.acc.tenant_gpus)
+            now = time.monotonic()
+            chunk: list[tuple[Job, np.ndarray]] = []
+            first = 0.0
+            try:
+                for job in self.queue.ordered(usage):
+                    pos = await self._positions(job, pool, now)
+                    if pos is None:
+                        continue
+                    chunk.append((job, pos))
+                    if len(chunk) >= self.s.job_placement_concurrency:
+                        if not decided:
+                            first = time.monotonic()
+                        decided += await self._decide_chunk(chunk, pool, usage)
+                        chunk = []
+                        if placed + len(decided) >= self.s.job_scheduler_batch:
+                            break
+                        if decided and time.monotonic() - first >= COMMIT_AFTER_S:
+                            # Deciding is slow (the AI core answers): do not hold the first decisions back longer.
+                            batch, decided = decided, []
+                            placed += await self._commit(batch)
+                if chunk:
                     decided += await self._decide_chunk(chunk, pool, usage)
-                    chunk = []
-                    max_free = pool.max_free
-                    if placed + len(decided) >= self.s.job_scheduler_batch:
-                        break
-                    if decided and time.monotonic() - first >= COMMIT_AFTER_S:
-                        # Deciding is slow (the AI core answers): do not hold the first decisions back longer.
-                        batch, decided = decided, []
-                        placed += await self._commit(batch)
-            if chunk:
-                decided += await self._decide_chunk(chunk, pool, usage)
-        except BaseException:
-            for d in decided:
-                self.acc.release(d.transition.job_id)
-            raise
+            except BaseException:
+                self.release(decided)
+                raise
         if decided:
             placed += await self._commit(decided)
         return placed
+
+    async def _positions(self, job: Job, pool: Pool, now: float) -> np.ndarray | None:
+        """The job's candidate GPUs in `pool`, or None if it cannot start now (it waits; smaller jobs behind it
+        may go)."""
+        if job.gpu_mem_mb > pool.max_free:
+            return None
+        if job.deferrable and not await self._may_start(job, now):
+            return None  # waiting for a cleaner window (carbon-aware deferral)
+        pos = select(pool, job.gpu_mem_mb, job.gpus, self.s.job_placement_max_candidates,
+                     self._avoided(job.id, now), self._resident(job.model))
+        return pos if len(pos) >= job.gpus else None
+
+    def release(self, decided: list[_Decided]) -> None:
+        """Give back the memory promised to decisions that were not committed."""
+        for d in decided:
+            self.acc.release(d.transition.job_id)
+        if decided:
+            self.wake.set()
+
+    # --- placing at admission -------------------------------------------------------------------------------
+    async def plan_new(self, jobs: list[Job]) -> dict[str, _Decided]:
+        """On the leader with no job waiting: where each of a batch of new jobs can start right now, decided as a
+        pass would (in queue order, with the same candidates and placement) and promised in memory.
+
+        Admission writes these placements in the transaction that stores the jobs, then calls `placed_new` (or
+        `release` if it could not commit): a submission then costs one commit and no scheduler pass before its
+        dispatch. A job that cannot start now is left out and queues as usual; with jobs waiting nothing is
+        planned, so a new job never overtakes a queued one."""
+        if not self.leading or self.queue or not self.rt.nc.is_connected:
+            return {}
+        decided: list[_Decided] = []
+        async with self._deciding:
+            if not self.leading or self.queue:
+                return {}
+            pool = build_pool(self.acc)
+            if not pool.gpus:
+                return {}
+            usage = dict(self.acc.tenant_gpus)
+            now = time.monotonic()
+            batch = JobQueue()
+            for job in jobs:
+                batch.add(job)
+            chunk: list[tuple[Job, np.ndarray]] = []
+            try:
+                for job in batch.ordered(usage):
+                    pos = await self._positions(job, pool, now)
+                    if pos is not None:
+                        chunk.append((job, pos))
+                    if len(chunk) >= self.s.job_placement_concurrency:
+                        decided += await self._decide_chunk(chunk, pool, usage)
+                        chunk = []
+                if chunk:
+                    decided += await self._decide_chunk(chunk, pool, usage)
+            except BaseException:
+                self.release(decided)
+                raise
+        return {d.transition.job_id: d for d in decided}
+
+    async def write_new(self, conn: Any, jobs: list[Job], plan: dict[str, _Decided]) -> list[Applied]:
+        """Inside admission's transaction, once `jobs` are stored PENDING: the planned PENDING -> SCHEDULED of
+        those planned, with their placement rows."""
+        applied = []
+        for job in jobs:
+            d = plan.get(job.id)
+            if d is not None:
+                applied.append(advance(job, d.transition))
+        if applied:
+            await store.write_transitions(conn, applied)
+            await self.placement.record(conn, [plan[a.job.id].decision for a in applied])
+        return applied
+
+    async def placed_new(self, jobs: list[Job], applied: list[Applied], plan: dict[str, _Decided]) -> None:
+        """After admission committed `jobs` (PENDING) and, of them, `applied` (-> SCHEDULED): announce both steps
+        in order, then dispatch (see `_dispatch_placed`)."""
+        await self.lifecycle.submitted(jobs)
+        await self.lifecycle.announce(applied)
+        await self._dispatch_placed(applied, {a.job.id: plan[a.job.id].decision for a in applied})
 
     async def _may_start(self, job: Job, now: float) -> bool:
         """A deferrable job asks the carbon component, at most every DEFER_RECHECK_S (its answer is a forecast,
@@ -400,14 +475,18 @@ class Scheduler:
             applied, refused = await self.lifecycle.apply([d.transition for d in decided], fence=self.fence,
                                                           extra=record)
         except BaseException:
-            for d in decided:
-                self.acc.release(d.transition.job_id)
+            self.release(decided)
             raise
         for t, why in refused:
             # No longer PENDING in the database (cancelled from another replica, say): drop our copy.
             self.acc.release(t.job_id)
             self.queue.remove(t.job_id)
             log.info("placement not committed", extra={"job_id": t.job_id, "why": why.reason})
+        await self._dispatch_placed(applied, decisions)
+        return len(applied)
+
+    async def _dispatch_placed(self, applied: list[Applied], decisions: dict[str, PlacementDecision]) -> None:
+        """Committed placements: count them, dispatch each (its own task), publish the decisions."""
         placed = []
         for a in applied:
             if a.job.state == JobState.SCHEDULED:
@@ -416,7 +495,6 @@ class Scheduler:
                 self.metrics.placements.labels(d.policy).inc()
                 self.spawn(self.dispatch(a.job), f"dispatch-{a.job.id}")
         await self.placement.publish(placed)
-        return len(applied)
 
     # --- dispatch ---------------------------------------------------------------------------------------
     async def dispatch(self, job: Job) -> None:

@@ -56,6 +56,7 @@ class JobService:
                            name=self.s.instance_id or f"pid-{os.getpid()}",
                            on_acquire=self._lead, on_lose=self._follow)
         self.sched = Scheduler(rt, self.lifecycle, self.metrics, self.placement, fence=self.lease.fence)
+        self.admission.planner = self.sched  # on the leader, jobs that can start now are placed as they are stored
         self.reports = Reports(rt, self.sched, on_stray=lambda *a: self.reconciler.cancel_stray(*a),
                                on_hint=self._hints)
         self.reconciler = Reconciler(rt, self.sched, caught_up=lambda: self.reports.caught_up_at,
@@ -200,7 +201,7 @@ class JobService:
         await self.check_capacity(spec)
         job = Job.from_spec(new_job_id(), spec, tenant, principal.name, utcnow(), idempotency_key)
         admitted = await self.admission.submit(job)
-        if admitted.created:
+        if admitted.created and not admitted.announced:
             self.sched.enqueue([admitted.job])
             try:
                 await self.lifecycle.submitted([admitted.job])
