@@ -97,6 +97,15 @@ def test_operator_cancels_a_job_and_acknowledges_an_alert(make_stack, page, outp
     page.click("[data-action=cancel]")
     page.wait_for_selector(".detail-head .state-CANCELLED", timeout=30000)
     assert job_state(stack, job_id) == "CANCELLED"
+    # A reply fetched before the job ended (REST crossing the live event) must not bring it back to life.
+    kept = page.evaluate("""async (id) => {
+        const { store } = await import("/static/js/store.js");
+        store.applyJobs([{ job_id: id, state: "RUNNING" }]);
+        store.touch();
+        return store.jobs.get(id).state;
+    }""", job_id)
+    assert kept == "CANCELLED"
+    page.wait_for_selector(".detail-head .state-CANCELLED", timeout=5000)
     page.screenshot(path=str(output_dir / "job-cancelled.png"), full_page=True)
 
     # An uncorrectable ECC error on one GPU: a critical alert opens at once and the card turns red.

@@ -205,6 +205,9 @@ class Store extends EventTarget {
       const id = jobId(j);
       if (!id) continue;
       const prev = this.jobs.get(id);
+      // A finished job never changes again: an answer fetched before it finished (a REST reply that crossed the
+      // live event on the way) must not bring it back to life on the page.
+      if (prev && isFinal(prev.state) && !isFinal(j.state)) continue;
       this.jobs.set(id, prev ? { ...prev, ...j } : { ...j });
     }
     this.pruneJobs();
