@@ -63,14 +63,16 @@ def memory_safe_mask(table: CandidateTable, job: JobFeatures) -> np.ndarray:
 
 
 def memory_safe_one(c: Candidate, job: JobFeatures) -> tuple[bool, float, float]:
-    """`memory_safe_mask` for one candidate, on plain floats: (safe, unreserved MB, jobs on it). For a few dozen
+    """`memory_safe_mask` for one candidate, on plain numbers: (safe, unreserved MB, jobs on it). For a few dozen
     candidates (the scheduler's fallback, once per job) numpy's per-call cost is most of the work; the same
     arithmetic in the same order gives the same answers (tests/ai_core/test_constraints.py holds them equal)."""
-    total, used, free = float(c.mem_total_mb), float(c.mem_used_mb), float(c.mem_free_mb)
-    unreserved = min(free, total - used if used > 0 else free)
+    total, used, free = c.mem_total_mb, c.mem_used_mb, c.mem_free_mb  # (floats: the model's fields are)
+    unreserved = total - used if used > 0 else free
+    if free < unreserved:
+        unreserved = free
     types = c.job_types
-    running = max(float(c.jobs_running), float(len(types)))
-    need = float(job.gpu_mem_mb)
+    running = c.jobs_running if c.jobs_running >= len(types) else len(types)
+    need = job.gpu_mem_mb
     if not (c.healthy and unreserved >= need):
         return False, unreserved, running
     if running <= 0:
@@ -80,12 +82,12 @@ def memory_safe_one(c: Candidate, job: JobFeatures) -> tuple[bool, float, float]
         g = MEM_GROWTH.get(t)
         if g is not None:
             known += 1
-            co_growth = max(co_growth, g)
+            if g > co_growth:
+                co_growth = g
     if running > known:
         co_growth = MEM_GROWTH_UNKNOWN  # co-runners of unknown type
-    occupied = max(total - unreserved, 0.0)
-    own = need * MEM_GROWTH.get(job.job_type, MEM_GROWTH_UNKNOWN)
-    return occupied * co_growth + own <= total, unreserved, running
+    occupied = total - unreserved if total > unreserved else 0.0
+    return occupied * co_growth + need * MEM_GROWTH.get(job.job_type, MEM_GROWTH_UNKNOWN) <= total, unreserved, running
 
 
 def rejection_reason(healthy: bool, unreserved: float, running: float, need: float) -> str:

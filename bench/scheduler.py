@@ -40,6 +40,8 @@ def _run(coro):
     """asyncio.run on uvloop when installed (it comes with uvicorn[standard], as the orchestrator runs on it): the
     simulated fleet and the load generator share the host with the orchestrator, and should cost it little."""
     try:
+        if os.environ.get("NO_UVLOOP"):
+            raise ImportError
         import uvloop
     except ImportError:
         return asyncio.run(coro)

@@ -97,15 +97,25 @@ def _one_gpu(job: JobFeatures, candidates: list[Candidate]
         safe, unreserved, running = memory_safe_one(c, job)
         if safe:
             feasible.append(c)
-            scores.append(math.floor(float(c.mem_free_mb) - need) + float(c.util_gpu_pct) / 101.0)
+            scores.append(math.floor(c.mem_free_mb - need) + c.util_gpu_pct / 101.0)
         else:
-            rejected[c.gpu_uuid] = rejection_reason(bool(c.healthy), unreserved, running, need)
+            rejected[c.gpu_uuid] = rejection_reason(c.healthy, unreserved, running, need)
     if not feasible:
         return None
     best = min(range(len(scores)), key=scores.__getitem__)  # the first of equals, as numpy's argmin
     second = min((i for i in range(len(scores)) if i != best), key=scores.__getitem__, default=None)
     return ([feasible[best].gpu_uuid], feasible[best].node, [c.gpu_uuid for c in feasible], scores,
             feasible[second].gpu_uuid if second is not None else None, rejected)
+
+
+def _round3(scores) -> list[float]:
+    """np.round(scores, 3), also for a plain list: the same multiply, round-half-even and divide, without the array."""
+    if isinstance(scores, list):
+        try:
+            return [round(x * 1000.0) / 1000.0 for x in scores]
+        except (ValueError, OverflowError):  # NaN or infinity (the model's bounds keep them out): as numpy does
+            pass
+    return np.round(scores, 3).tolist()
 
 
 def _decision(job_id: str | None, reason: str | None, t0: float, chosen: list[str], node: str, uuids: list[str],
@@ -115,7 +125,7 @@ def _decision(job_id: str | None, reason: str | None, t0: float, chosen: list[st
     return PlacementDecision.model_construct(
         v=1, job_id=job_id, chosen_uuid=chosen[0], chosen_node=node, chosen_uuids=chosen,
         policy="heuristic", fallback_reason=reason, model_version=None,
-        scores=dict(zip(uuids, np.round(scores, 3).tolist(), strict=True)), contributions=[],
+        scores=dict(zip(uuids, _round3(scores), strict=True)), contributions=[],
         runner_up_uuid=runner_up, runner_up_contributions=[], rejected=rejected,
         latency_ms=round((time.perf_counter() - t0) * 1000.0, 3), time=utcnow(), job=None, chosen_state=[])
 

@@ -37,11 +37,13 @@ class Accounting:
     tenant_gpus: dict[str, float] = field(default_factory=dict)
     version: dict[str, int] = field(default_factory=dict)  # per GPU, bumped whenever its promises change
     candidates: dict[str, tuple[tuple, Candidate]] = field(default_factory=dict)  # built Candidates, by GPU
+    reservations: int = 0  # promises made so far: a pool built since the last one has seen them all
 
     def reserve(self, job_id: str, tenant: str, uuids: list[str], mb: float, job_type: str,
                 model: str | None, running: bool = False) -> None:
         if job_id in self.by_job:
             self.release(job_id)
+        self.reservations += 1
         self.by_job[job_id] = list(uuids)
         self.tenant_gpus[tenant] = self.tenant_gpus.get(tenant, 0.0) + len(uuids)
         for u in uuids:
@@ -74,6 +76,7 @@ class Accounting:
                 self.tenant_gpus.pop(tenant, None)
 
     def clear(self) -> None:
+        self.reservations += 1
         for u in list(self.by_gpu):
             self.by_gpu.pop(u)
             self._sync(u)
@@ -245,22 +248,29 @@ def select(pool: Pool, mem_mb: float, gpus: int, k: int, avoid_nodes: set[str] |
     return np.array(sorted(picked), dtype=np.int64)
 
 
-def candidate(pool: Pool, i: int, acc: Accounting, model: str | None) -> Candidate:
+def candidates(pool: Pool, pos: np.ndarray, acc: Accounting, model: str | None) -> list[Candidate]:
+    """`candidate` for each position of `pos` (positions and free memory read out of numpy once, not per GPU)."""
+    return [candidate(pool, i, acc, model, free) for i, free in zip(pos.tolist(), pool.free[pos].tolist(),
+                                                                      strict=True)]
+
+
+def candidate(pool: Pool, i: int, acc: Accounting, model: str | None, free: float | None = None) -> Candidate:
     """The Candidate the placement service scores, from the GPU's latest sample and our promises. Reused while
     neither the sample, the promises nor the free memory change (building one is the costly part of a
-    placement in a large cluster); candidates are read, never changed, by placement."""
+    placement in a large cluster); candidates are read, never changed, by placement. `free`: pool.free[i]."""
     g = pool.gpus[i]
     s = g.sample
     holds = acc.jobs_on(g.uuid)
     resident = model is not None and any(h.model == model for h in holds.values())
-    key = (g.sample_mono, acc.version.get(g.uuid, 0), float(pool.free[i]))
+    free = float(pool.free[i]) if free is None else free
+    key = (g.sample_mono, acc.version.get(g.uuid, 0), free)
     cached = acc.candidates.get(g.uuid)
     if cached is not None and cached[0] == key and not resident:
         return cached[1]
     # Built without validation: every value comes from already validated samples and our own numbers.
     c = Candidate.model_construct(
         gpu_uuid=g.uuid, node=g.node, index=g.index, gpu_model=g.name, mem_total_mb=float(g.mem_total_mb or 0),
-        mem_used_mb=float(s.mem_used_mb or 0.0), mem_free_mb=float(pool.free[i]),
+        mem_used_mb=float(s.mem_used_mb or 0.0), mem_free_mb=free,
         util_gpu_pct=float(s.util_gpu_pct or 0.0), util_mem_pct=float(s.util_mem_pct or 0.0),
         temp_c=float(s.temp_c or 0.0), power_w=float(s.power_w or 0.0),
         power_limit_w=float(s.power_limit_w or g.power_limit_w or 0.0), sm_clock_mhz=float(s.sm_clock_mhz or 0.0),

@@ -19,7 +19,7 @@ import numpy as np
 
 from orchestrator.errors import DatabaseUnavailable
 from orchestrator.jobs import dispatch, store
-from orchestrator.jobs.accounting import Accounting, Pool, build_pool, candidate, select
+from orchestrator.jobs.accounting import Accounting, Pool, build_pool, candidates, select
 from orchestrator.jobs.leader import NotLeader
 from orchestrator.jobs.lifecycle import Lifecycle
 from orchestrator.jobs.metrics import JobMetrics
@@ -41,6 +41,9 @@ DEFER_RECHECK_S = 30.0
 _RANK = {JobState.PENDING: 0, JobState.SCHEDULED: 1, JobState.RUNNING: 2}
 # A pass commits what it has decided at least this often, so slow decisions (AI core) do not delay the first ones.
 COMMIT_AFTER_S = 0.05
+# Admission batches on the leader reuse the last one's pool for this long, unless something else promised memory
+# meanwhile (see `_plan_pool`).
+PLAN_POOL_REUSE_S = 0.1
 
 
 @dataclass
@@ -82,6 +85,7 @@ class Scheduler:
         # so two at once could promise the same memory twice. Commits happen outside it: by then the promises are
         # in the accounting, which every later snapshot starts from.
         self._deciding = asyncio.Lock()
+        self._plan_pool: tuple[Pool, int, float] | None = None  # (pool, reservations it has seen, built at)
         self.leading = False
         self.tasks: set[asyncio.Task] = set()
         self._sample_wake = 0.0
@@ -321,7 +325,7 @@ class Scheduler:
         async with self._deciding:
             if not self.leading or self.queue:
                 return {}
-            pool = build_pool(self.acc)
+            pool, built = self._pool_for_plan()
             if not pool.gpus:
                 return {}
             usage = dict(self.acc.tenant_gpus)
@@ -341,9 +345,23 @@ class Scheduler:
                 if chunk:
                     decided += await self._decide_chunk(chunk, pool, usage)
             except BaseException:
+                self._plan_pool = None
                 self.release(decided)
                 raise
+            self._plan_pool = (pool, self.acc.reservations, built)
         return {d.transition.job_id: d for d in decided}
+
+    def _pool_for_plan(self) -> tuple[Pool, float]:
+        """The pool for an admission batch, and when it was built: the previous batch's, with what that batch took
+        already taken from it, while it is younger than PLAN_POOL_REUSE_S and nobody else promised memory since
+        (a pass, a placement seen from elsewhere). Building one walks every GPU, and a burst admits a batch every
+        few milliseconds. What it does not show yet - memory given back, a newer sample - only makes it cautious
+        for that long, like any pass's snapshot."""
+        now = time.monotonic()
+        cached = self._plan_pool
+        if cached is not None and cached[1] == self.acc.reservations and now - cached[2] < PLAN_POOL_REUSE_S:
+            return cached[0], cached[2]
+        return build_pool(self.acc), now
 
     async def write_new(self, conn: Any, jobs: list[Job], plan: dict[str, _Decided]) -> list[Applied]:
         """Inside admission's transaction, once `jobs` are stored PENDING: the planned PENDING -> SCHEDULED of
@@ -402,7 +420,7 @@ class Scheduler:
 
     async def _decide(self, job: Job, pool: Pool, pos: np.ndarray) -> tuple[PlacementDecision, float]:
         t0 = time.perf_counter()
-        cands = [candidate(pool, int(i), self.acc, job.model) for i in pos]
+        cands = candidates(pool, pos, self.acc, job.model)
         spec = job.spec
         features = JobFeatures(gpus=job.gpus, gpu_mem_mb=job.gpu_mem_mb, job_type=job.job_type, model=job.model,
                                expected_util_pct=spec.expected_util_pct, max_duration_s=job.max_duration_s,
