@@ -45,7 +45,7 @@ class Admission:
         self.s = rt.settings
         self._waiting: list[tuple[Job, asyncio.Future]] = []
         self._wake = asyncio.Event()
-        self.planner: Any = None  # the Scheduler (plan_new, write_new, placed_new, release, fence), when there is one
+        self.planner: Any = None  # the Scheduler (plan_new, advance_new, record_new, placed_new, release, fence), when there is one
 
     def quota(self, tenant: str) -> tuple[int, int]:
         q = self.s.job_tenant_quotas.get(tenant)
@@ -144,9 +144,8 @@ class Admission:
         first = f"{store.ADMISSION_LOCK_SQL}; {self.planner.fence()}" if plan else store.ADMISSION_LOCK_SQL
         try:
             async with db.transaction(self.rt, first=first) as conn:
-                counts, pending = await store.admission_counts(conn)
-                keys = [(j.tenant, j.idempotency_key) for j in jobs if j.idempotency_key]
-                existing = await store.existing_by_key(conn, keys)
+                counts, pending, existing = await store.admission_state(
+                    conn, [(j.tenant, j.idempotency_key) for j in jobs if j.idempotency_key])
                 batch_keys: dict[tuple[str, str], Job] = {}
                 for job in jobs:
                     key = (job.tenant, job.idempotency_key) if job.idempotency_key else None
@@ -168,9 +167,11 @@ class Admission:
                         batch_keys[key] = job
                     out.append(Admitted(job, created=True))
                 if accepted:
-                    await store.insert_jobs(conn, accepted)
-                    if plan:
-                        applied = await self.planner.write_new(conn, accepted, plan)
+                    # Those planned go in SCHEDULED, with their placement rows: one statement each, not two more.
+                    applied = self.planner.advance_new(accepted, plan) if plan else []
+                    await store.insert_jobs(conn, accepted, applied)
+                    if applied:
+                        await self.planner.record_new(conn, applied, plan)
         except asyncpg.PostgresError as exc:
             if not_leader(exc):
                 raise NotLeader("this replica no longer holds the scheduler lease") from None

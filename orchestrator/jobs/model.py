@@ -124,11 +124,12 @@ class Job:
                 _json(self.placement), self.exit_code, _json(self.result), self.error, self.reason, self.pid,
                 self.cancel_requested_at, self.scheduled_at, self.started_at, self.finished_at, self.state_since)
 
-    def insert_values(self) -> tuple:
-        """One job's values for store.INSERT_JOBS, in its order."""
+    def new_row_values(self) -> tuple:
+        """A new job's whole row for store.INSERT_JOBS, in its order: what it was submitted with, then its state
+        (store.UPDATE_JOBS's columns after the id)."""
         return (self.id, self.name, self.tenant, self.submitted_by, self.idempotency_key, self.spec_json,
                 self.job_type, self.model, self.priority, self.gpus, self.gpu_mem_mb, self.max_duration_s,
-                self.state.value, self.submitted_at, self.state_since)
+                self.submitted_at, *self.row_values()[1:])
 
     def gpu_views(self) -> list[dict[str, Any]]:
         return [{"node": self.node, "uuid": a["uuid"], "index": a["index"]} for a in self.assignment or []]

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from orchestrator.errors import DatabaseUnavailable
-from orchestrator.jobs import dispatch, store
+from orchestrator.jobs import dispatch
 from orchestrator.jobs.accounting import Accounting, Pool, build_pool, candidates, select
 from orchestrator.jobs.leader import NotLeader
 from orchestrator.jobs.lifecycle import Lifecycle
@@ -363,18 +363,14 @@ class Scheduler:
             return cached[0], cached[2]
         return build_pool(self.acc), now
 
-    async def write_new(self, conn: Any, jobs: list[Job], plan: dict[str, _Decided]) -> list[Applied]:
-        """Inside admission's transaction, once `jobs` are stored PENDING: the planned PENDING -> SCHEDULED of
-        those planned, with their placement rows."""
-        applied = []
-        for job in jobs:
-            d = plan.get(job.id)
-            if d is not None:
-                applied.append(advance(job, d.transition))
-        if applied:
-            await store.write_transitions(conn, applied)
-            await self.placement.record(conn, [plan[a.job.id].decision for a in applied])
-        return applied
+    @staticmethod
+    def advance_new(jobs: list[Job], plan: dict[str, _Decided]) -> list[Applied]:
+        """For admission, about to store `jobs`: the planned PENDING -> SCHEDULED of those planned."""
+        return [advance(job, plan[job.id].transition) for job in jobs if job.id in plan]
+
+    async def record_new(self, conn: Any, applied: list[Applied], plan: dict[str, _Decided]) -> None:
+        """Inside admission's transaction, once the jobs are stored: the placement rows of those placed."""
+        await self.placement.record(conn, [plan[a.job.id].decision for a in applied])
 
     async def placed_new(self, jobs: list[Job], applied: list[Applied], plan: dict[str, _Decided]) -> None:
         """After admission committed `jobs` (PENDING) and, of them, `applied` (-> SCHEDULED): announce both steps

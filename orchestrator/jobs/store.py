@@ -7,9 +7,11 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+import orjson
 
 from orchestrator.jobs.model import Job
 from orchestrator.jobs.states import Applied
+from services.schemas import JobState
 
 ACTIVE = ["PENDING", "SCHEDULED", "RUNNING"]
 
@@ -30,18 +32,24 @@ ORDER BY n
 """
 
 
-# New jobs and their PENDING events, in one statement (row i of each array is one job).
+# New jobs (whole rows: a job placed as it is stored goes in SCHEDULED) and their events, in one statement (row i of
+# each array is one job).
 INSERT_JOBS = """
 WITH inserted AS (
 INSERT INTO jobs (id, name, tenant, submitted_by, idempotency_key, spec, job_type, model, priority, gpus, gpu_mem_mb,
-                  max_duration_s, state, submitted_at, state_since)
+                  max_duration_s, submitted_at, state, attempt, lost_count, node, assignment, placement, exit_code,
+                  result, error, reason, pid, cancel_requested_at, scheduled_at, started_at, finished_at, state_since)
 SELECT id, name, tenant, submitted_by, idempotency_key, spec::jsonb, job_type, model, priority, gpus, gpu_mem_mb,
-       max_duration_s, state, submitted_at, state_since
+       max_duration_s, submitted_at, state, attempt, lost_count, node, assignment::jsonb, placement::jsonb, exit_code,
+       result::jsonb, error, reason, pid, cancel_requested_at, scheduled_at, started_at, finished_at, state_since
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::int[],
-            $10::int[], $11::int[], $12::int[], $13::text[], $14::timestamptz[], $15::timestamptz[])
+            $10::int[], $11::int[], $12::int[], $13::timestamptz[], $14::text[], $15::int[], $16::int[], $17::text[],
+            $18::text[], $19::text[], $20::int[], $21::text[], $22::text[], $23::text[], $24::int[],
+            $25::timestamptz[], $26::timestamptz[], $27::timestamptz[], $28::timestamptz[], $29::timestamptz[])
     AS u(id, name, tenant, submitted_by, idempotency_key, spec, job_type, model, priority, gpus, gpu_mem_mb,
-         max_duration_s, state, submitted_at, state_since)
-)""" + _insert_events(16)
+         max_duration_s, submitted_at, state, attempt, lost_count, node, assignment, placement, exit_code, result,
+         error, reason, pid, cancel_requested_at, scheduled_at, started_at, finished_at, state_since)
+)""" + _insert_events(30)
 
 # Every changed job of a transaction in ONE statement (row i of each array is one job), with the transitions'
 # events: a burst of reports or placements updates hundreds of rows, and one statement costs the server one plan
@@ -63,11 +71,15 @@ WHERE j.id = u.id
 )""" + _insert_events(18)
 LOG_COLUMNS = ("job_id", "attempt", "seq", "stream", "line", "time")
 
-# Counts that admission decides on, for the tenants of one batch and the whole queue.
-ADMISSION_COUNTS = """
-SELECT tenant, count(*) AS active, coalesce(sum(gpus), 0) AS gpus,
-       count(*) FILTER (WHERE state = 'PENDING') AS pending
-FROM jobs WHERE state = ANY($1::text[]) GROUP BY tenant
+# What admission decides on, in one round trip: per tenant (unfinished jobs, GPUs they ask for, how many PENDING),
+# and the ids of jobs already submitted with the batch's idempotency keys (a retry: rare, then read whole).
+ADMISSION_STATE = """
+SELECT coalesce((SELECT json_agg(json_build_array(tenant, active, gpus, pending)) FROM (
+           SELECT tenant, count(*) AS active, coalesce(sum(gpus), 0) AS gpus,
+                  count(*) FILTER (WHERE state = 'PENDING') AS pending
+           FROM jobs WHERE state = ANY($1::text[]) GROUP BY tenant) c), '[]') AS counts,
+       (SELECT array_agg(j.id) FROM jobs j JOIN unnest($2::text[], $3::text[]) AS k(tenant, key)
+        ON j.tenant = k.tenant AND j.idempotency_key = k.key) AS existing
 """
 
 # One lock for admission across replicas: check-then-insert must not interleave, or quotas leak.
@@ -86,15 +98,19 @@ async def lock_jobs(conn: asyncpg.Connection, ids: Iterable[str]) -> dict[str, J
     return {r["id"]: Job.from_row(r) for r in rows}
 
 
+def transition_event(a: Applied) -> tuple:
+    """A transition's job_events row (EVENT_COLUMNS)."""
+    return (a.job.id, a.job.attempt, a.prev.value, a.job.state.value, a.job.state_since, a.duration_s,
+            a.transition.source, a.job.node or a.prev_node or a.transition.node, a.transition.reason)
+
+
 async def write_transitions(conn: asyncpg.Connection, applied: Sequence[Applied]) -> None:
     """Update each changed job once (its final row) and append one event per transition, in one statement."""
     last: dict[str, Job] = {}
     for a in applied:
         last[a.job.id] = a.job
     jobs = _columns([j.row_values() for j in last.values()], 17)
-    events = _columns([(a.job.id, a.job.attempt, a.prev.value, a.job.state.value, a.job.state_since, a.duration_s,
-                        a.transition.source, a.job.node or a.prev_node or a.transition.node, a.transition.reason)
-                       for a in applied], len(EVENT_COLUMNS))
+    events = _columns([transition_event(a) for a in applied], len(EVENT_COLUMNS))
     await conn.execute(UPDATE_JOBS, *jobs, *events)
 
 
@@ -103,25 +119,27 @@ def _columns(rows: list[tuple], width: int) -> list[list]:
     return [list(c) for c in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
 
 
-async def admission_counts(conn: asyncpg.Connection) -> tuple[dict[str, tuple[int, int]], int]:
-    """Per tenant (unfinished jobs, GPUs they ask for) and the number of PENDING jobs overall."""
-    rows = await conn.fetch(ADMISSION_COUNTS, ACTIVE)
-    return {r["tenant"]: (r["active"], r["gpus"]) for r in rows}, sum(r["pending"] for r in rows)
+async def admission_state(conn: asyncpg.Connection, keys: list[tuple[str, str]]
+                          ) -> tuple[dict[str, tuple[int, int]], int, dict[tuple[str, str], Job]]:
+    """Per tenant (unfinished jobs, GPUs they ask for), the number of PENDING jobs overall, and the jobs already
+    submitted under `keys` ((tenant, idempotency key) pairs)."""
+    row = await conn.fetchrow(ADMISSION_STATE, ACTIVE, [k[0] for k in keys], [k[1] for k in keys])
+    counts = orjson.loads(row["counts"])
+    existing: dict[tuple[str, str], Job] = {}
+    if row["existing"]:
+        for r in await conn.fetch("SELECT * FROM jobs WHERE id = ANY($1::text[])", row["existing"]):
+            existing[(r["tenant"], r["idempotency_key"])] = Job.from_row(r)
+    return {t: (active, gpus) for t, active, gpus, _ in counts}, sum(c[3] for c in counts), existing
 
 
-async def existing_by_key(conn: asyncpg.Connection, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Job]:
-    if not keys:
-        return {}
-    rows = await conn.fetch(
-        "SELECT j.* FROM jobs j JOIN unnest($1::text[], $2::text[]) AS k(tenant, key) "
-        "ON j.tenant = k.tenant AND j.idempotency_key = k.key", [k[0] for k in keys], [k[1] for k in keys])
-    return {(r["tenant"], r["idempotency_key"]): Job.from_row(r) for r in rows}
-
-
-async def insert_jobs(conn: asyncpg.Connection, jobs: Sequence[Job]) -> None:
-    """Store new jobs with their PENDING events, in one statement."""
-    events = [(j.id, 0, None, j.state.value, j.submitted_at, None, "orchestrator", None, "submitted") for j in jobs]
-    await conn.execute(INSERT_JOBS, *_columns([j.insert_values() for j in jobs], 15),
+async def insert_jobs(conn: asyncpg.Connection, jobs: Sequence[Job], placed: Sequence[Applied] = ()) -> None:
+    """Store new jobs with their PENDING events, in one statement; those in `placed` (PENDING -> SCHEDULED, decided
+    as they are stored) go in as that transition left them, with its event too."""
+    final = {a.job.id: a.job for a in placed}
+    events = [(j.id, 0, None, JobState.PENDING.value, j.submitted_at, None, "orchestrator", None, "submitted")
+              for j in jobs]
+    events += [transition_event(a) for a in placed]
+    await conn.execute(INSERT_JOBS, *_columns([final.get(j.id, j).new_row_values() for j in jobs], 29),
                        *_columns(events, len(EVENT_COLUMNS)))
 
 

@@ -36,7 +36,10 @@ class LostLease:
     def release(self, decided) -> None:
         self.released += decided
 
-    async def write_new(self, conn, jobs, plan):
+    def advance_new(self, jobs, plan):
+        raise AssertionError("a replica that does not lead must not place")
+
+    async def record_new(self, conn, applied, plan):
         raise AssertionError("a replica that does not lead must not write placements")
 
     async def placed_new(self, jobs, applied, plan):
