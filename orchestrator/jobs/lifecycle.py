@@ -46,17 +46,18 @@ class Lifecycle:
     async def apply(self, transitions: Sequence[Transition], *,
                     extra: Callable[[asyncpg.Connection, list[Applied]], Awaitable[None]] | None = None,
                     fence: Callable[[], str] | None = None,
-                    locked: asyncio.Event | None = None,
+                    locked: asyncio.Event | None = None, logs: Sequence[tuple] = (),
                     ) -> tuple[list[Applied], list[tuple[Transition, Refused]]]:
         """Apply in order (several for one job are fine); returns what applied and what was refused, and why.
 
-        `locked` is set once this transaction holds every row lock it will take (`extra` writes only rows that
-        reference jobs, which need none: store.lock_jobs): a transaction started after that and touching
+        `logs`: log lines (store.insert_logs rows) to store in the same transaction, in the transitions' statement.
+        `locked` is set once this transaction holds every row lock it will take (`extra` and `logs` write only rows
+        that reference jobs, which need none: store.lock_jobs): a transaction started after that and touching
         the same jobs waits for this one's commit, so the two apply in order. `fence` (the scheduler lease's) gives
         the statement that proves, inside the transaction, that this replica still leads; NotLeader if not."""
         applied: list[Applied] = []
         refused: list[tuple[Transition, Refused]] = []
-        if not transitions and extra is None:
+        if not transitions and extra is None and not logs:
             if locked is not None:
                 locked.set()
             return applied, refused
@@ -85,7 +86,9 @@ class Lifecycle:
                         applied.append(a)
                     jobs[t.job_id] = a.job
                 if applied:
-                    await store.write_transitions(conn, applied)
+                    await store.write_transitions(conn, applied, logs)
+                elif logs:
+                    await store.insert_logs(conn, logs)
                 if extra is not None:  # more writes that must commit (or not) with these transitions
                     await extra(conn, applied)
         except asyncpg.PostgresError as exc:

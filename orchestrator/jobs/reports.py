@@ -24,7 +24,6 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import BadRequestError
 
 from orchestrator.errors import DatabaseUnavailable
-from orchestrator.jobs import store
 from orchestrator.jobs.leader import NotLeader
 from orchestrator.jobs.scheduler import Scheduler
 from orchestrator.jobs.states import Transition
@@ -40,6 +39,8 @@ _NUL = b"\\u0000"  # NUL, as JSON escapes it
 IDLE_POLL_S = 0.5
 # A leader that dies holding a fetched batch delays those reports (and the reconciler's verdicts) this long.
 REPORTS_ACK_WAIT_S = 10.0
+# Under load, whether every report so far is applied is asked at most this often (the idle check is not limited).
+CAUGHT_UP_EVERY_S = 0.1
 
 
 def _orchestrator_hint(data: bytes, job_id: str) -> tuple[str, JobState] | None:
@@ -69,6 +70,7 @@ class Reports:
         self.on_hint = on_hint
         self.caught_up_at = 0.0  # monotonic: every report published before this has been applied
         self.progress = asyncio.Event()
+        self._asked_at = 0.0  # monotonic: when a batch last asked the server whether we are caught up
 
     async def run(self) -> None:
         await ensure_jobs_stream(self.rt.js, max_age_s=self.s.job_stream_max_age_s, replicas=self.s.stream_replicas)
@@ -135,12 +137,21 @@ class Reports:
             locked.set()
             if before is not None:
                 await before  # (earlier batches finish first: caught up means everything before is applied)
-        if caught_up_as_of is not None:
+        if caught_up_as_of is not None and time.monotonic() - self._asked_at >= CAUGHT_UP_EVERY_S:
+            # (Under load nearly every batch is short: asking the server after each one cost a request per batch,
+            # for a claim the reconciler reads once a second.)
+            self._asked_at = time.monotonic()
             await self._note_caught_up(psub, caught_up_as_of, applied_upto=max(_stream_seq(m) for m in msgs))
 
     async def _fetch(self, psub, batch: int) -> list:
-        # A batch fetch waits for a full batch or its timeout, so a lone report would wait the whole timeout:
-        # long-poll for one (returns as soon as it arrives), then take what else is there with a short fetch.
+        # Busy: take what is there (one request, answered at once). A batch fetch otherwise waits for a full batch
+        # or its timeout, so a lone report would wait the whole timeout: idle, long-poll for one (returned as soon
+        # as it arrives), then take what else is there with a short fetch.
+        if batch > 1:
+            try:
+                return await psub.fetch(batch, timeout=self.s.job_reports_fetch_s)
+            except (TimeoutError, NatsTimeout):
+                pass
         msgs = await psub.fetch(1, timeout=IDLE_POLL_S)
         if batch > 1:
             try:
@@ -273,14 +284,11 @@ class Reports:
                                                                           "error": exc.message})
                 await dead_letter(self.rt.nc, "jobs", msg.subject, msg.data, exc.message)
 
-        async def store_logs(conn, _applied) -> None:
-            await store.insert_logs(conn, log_rows)
-
         # Log lines lock no job row: their foreign key's key-share lock does not conflict with the transitions'
         # (store.lock_jobs), so a batch whose lines belong to a job another batch is moving neither waits for it
         # nor holds it up - consecutive batches (a job's RUNNING, then its first line) used to apply one by one.
-        applied, refused = await self.sched.lifecycle.apply(
-            transitions, extra=store_logs if log_rows else None, fence=self.sched.fence, locked=locked)
+        applied, refused = await self.sched.lifecycle.apply(transitions, fence=self.sched.fence, locked=locked,
+                                                            logs=log_rows)
         for msg in msgs:
             try:
                 await msg.ack()

@@ -16,6 +16,7 @@ from services.schemas import JobState
 ACTIVE = ["PENDING", "SCHEDULED", "RUNNING"]
 
 EVENT_COLUMNS = ("job_id", "attempt", "from_state", "to_state", "time", "duration_s", "source", "node", "reason")
+LOG_COLUMNS = ("job_id", "attempt", "seq", "stream", "line", "time")
 
 
 def _insert_events(first: int) -> str:
@@ -55,8 +56,7 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text
 # events: a burst of reports or placements updates hundreds of rows, and one statement costs the server one plan
 # and one pass, where a batch of single-row UPDATEs costs it hundreds - and the transaction one round trip, where
 # an UPDATE and a COPY cost three. JSON columns travel as text and are cast here.
-UPDATE_JOBS = """
-WITH changed AS (
+_UPDATE = """
 UPDATE jobs AS j SET state = u.state, attempt = u.attempt, lost_count = u.lost_count, node = u.node,
     assignment = u.assignment::jsonb, placement = u.placement::jsonb, exit_code = u.exit_code,
     result = u.result::jsonb, error = u.error, reason = u.reason, pid = u.pid,
@@ -68,8 +68,23 @@ FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::text[], $6::text[]
     AS u(id, state, attempt, lost_count, node, assignment, placement, exit_code, result, error, reason, pid,
          cancel_requested_at, scheduled_at, started_at, finished_at, state_since)
 WHERE j.id = u.id
-)""" + _insert_events(18)
-LOG_COLUMNS = ("job_id", "attempt", "seq", "stream", "line", "time")
+"""
+UPDATE_JOBS = f"WITH changed AS ({_UPDATE})" + _insert_events(18)
+
+
+def _insert_logs(first: int) -> str:
+    """Store log lines of known jobs (row i of each array is one); a redelivered line (same job, attempt, seq) is
+    stored once. Parameters $first.. on."""
+    p = [f"${i}" for i in range(first, first + len(LOG_COLUMNS))]
+    return (f"INSERT INTO job_logs (job_id, attempt, seq, stream, line, time) SELECT u.* FROM unnest({p[0]}::text[], "
+            f"{p[1]}::int[], {p[2]}::int[], {p[3]}::text[], {p[4]}::text[], {p[5]}::timestamptz[]) "
+            "AS u(job_id, attempt, seq, stream, line, time) WHERE EXISTS (SELECT 1 FROM jobs j WHERE j.id = u.job_id) "
+            "ON CONFLICT DO NOTHING")
+
+
+INSERT_LOGS = _insert_logs(1)
+# A report batch's transitions and its log lines, in one statement (one round trip, not two).
+UPDATE_JOBS_AND_LOGS = f"WITH changed AS ({_UPDATE}), logged AS ({_insert_logs(27)})" + _insert_events(18)
 
 # What admission decides on, in one round trip: per tenant (unfinished jobs, GPUs they ask for, how many PENDING),
 # and the ids of jobs already submitted with the batch's idempotency keys (a retry: rare, then read whole).
@@ -104,14 +119,25 @@ def transition_event(a: Applied) -> tuple:
             a.transition.source, a.job.node or a.prev_node or a.transition.node, a.transition.reason)
 
 
-async def write_transitions(conn: asyncpg.Connection, applied: Sequence[Applied]) -> None:
-    """Update each changed job once (its final row) and append one event per transition, in one statement."""
+async def write_transitions(conn: asyncpg.Connection, applied: Sequence[Applied], logs: Sequence[tuple] = ()
+                            ) -> None:
+    """Update each changed job once (its final row) and append one event per transition, in one statement; with
+    `logs` (rows for `insert_logs`), those log lines too."""
     last: dict[str, Job] = {}
     for a in applied:
         last[a.job.id] = a.job
     jobs = _columns([j.row_values() for j in last.values()], 17)
     events = _columns([transition_event(a) for a in applied], len(EVENT_COLUMNS))
-    await conn.execute(UPDATE_JOBS, *jobs, *events)
+    if logs:
+        await conn.execute(UPDATE_JOBS_AND_LOGS, *jobs, *events, *_columns(_log_order(logs), len(LOG_COLUMNS)))
+    else:
+        await conn.execute(UPDATE_JOBS, *jobs, *events)
+
+
+def _log_order(rows: Sequence[tuple]) -> list[tuple]:
+    # In key order: two batches that both carry a redelivered line then wait for each other's row in one order,
+    # never in a cycle (a deadlock).
+    return sorted(rows, key=lambda r: (r[0], r[1], r[2]))
 
 
 def _columns(rows: list[tuple], width: int) -> list[list]:
@@ -180,17 +206,9 @@ async def events(conn: asyncpg.Connection, job_id: str) -> list[dict[str, Any]]:
 
 
 async def insert_logs(conn: asyncpg.Connection, rows: Sequence[tuple]) -> None:
-    """Store log lines of known jobs; a redelivered line (same job, attempt, seq) is stored once."""
-    if not rows:
-        return
-    # In key order: two batches that both carry a redelivered line then wait for each other's row in one order,
-    # never in a cycle (a deadlock).
-    cols = list(zip(*sorted(rows, key=lambda r: (r[0], r[1], r[2])), strict=True))
-    await conn.execute(
-        "INSERT INTO job_logs (job_id, attempt, seq, stream, line, time) "
-        "SELECT u.* FROM unnest($1::text[], $2::int[], $3::int[], $4::text[], $5::text[], $6::timestamptz[]) "
-        "AS u(job_id, attempt, seq, stream, line, time) WHERE EXISTS (SELECT 1 FROM jobs j WHERE j.id = u.job_id) "
-        "ON CONFLICT DO NOTHING", *[list(c) for c in cols])
+    """Store log lines (LOG_COLUMNS) of known jobs; a redelivered line (same job, attempt, seq) is stored once."""
+    if rows:
+        await conn.execute(INSERT_LOGS, *_columns(_log_order(rows), len(LOG_COLUMNS)))
 
 
 async def logs(conn: asyncpg.Connection, job_id: str, *, after_id: int = 0, attempt: int | None = None,
