@@ -144,14 +144,8 @@ class Reports:
             await self._note_caught_up(psub, caught_up_as_of, applied_upto=max(_stream_seq(m) for m in msgs))
 
     async def _fetch(self, psub, batch: int) -> list:
-        # Busy: take what is there (one request, answered at once). A batch fetch otherwise waits for a full batch
-        # or its timeout, so a lone report would wait the whole timeout: idle, long-poll for one (returned as soon
-        # as it arrives), then take what else is there with a short fetch.
-        if batch > 1:
-            try:
-                return await psub.fetch(batch, timeout=self.s.job_reports_fetch_s)
-            except (TimeoutError, NatsTimeout):
-                pass
+        # A batch fetch waits for a full batch or its timeout, so a lone report would wait the whole timeout:
+        # long-poll for one (returns as soon as it arrives), then take what else is there with a short fetch.
         msgs = await psub.fetch(1, timeout=IDLE_POLL_S)
         if batch > 1:
             try:
