@@ -13,7 +13,6 @@ breaker), so an AI core that is down costs the scheduler no timeouts; one probe 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -21,6 +20,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import orjson
 from pydantic import ValidationError
 
 from ai_core.errors import NoFeasibleCandidate
@@ -257,10 +257,16 @@ class Placer:
 def _row(d: PlacementDecision) -> tuple:
     """The `_INSERT` arguments of one decision."""
     return (d.job_id, d.time or utcnow(), d.policy, d.fallback_reason, d.model_version, d.chosen_uuid, d.chosen_node,
-            d.chosen_uuids or [d.chosen_uuid], d.runner_up_uuid, len(d.scores) + len(d.rejected), json.dumps(d.scores),
-            _dump_list(d.contributions), _dump_list(d.runner_up_contributions), json.dumps(d.rejected), d.latency_ms,
+            d.chosen_uuids or [d.chosen_uuid], d.runner_up_uuid, len(d.scores) + len(d.rejected), _json(d.scores),
+            _dump_list(d.contributions), _dump_list(d.runner_up_contributions), _json(d.rejected), d.latency_ms,
             d.job.model_dump_json() if d.job is not None else None,
             _dump_list(d.chosen_state) if d.chosen_state else None)
+
+
+def _json(value: dict) -> str:
+    # orjson: several times faster than json.dumps on a decision's scores, and it writes a non-finite float as null
+    # where json.dumps writes NaN, which PostgreSQL's jsonb refuses.
+    return orjson.dumps(value).decode()
 
 
 def _dump_list(items: list) -> str:
