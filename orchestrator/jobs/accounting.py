@@ -254,7 +254,7 @@ def candidates(pool: Pool, pos: np.ndarray, acc: Accounting, model: str | None) 
                                                                       strict=True)]
 
 
-def candidate(pool: Pool, i: int, acc: Accounting, model: str | None, free: float | None = None) -> Candidate:
+def candidate(pool: Pool, i: int, acc: Accounting, model: str | None, free: float) -> Candidate:
     """The Candidate the placement service scores, from the GPU's latest sample and our promises. Reused while
     neither the sample, the promises nor the free memory change (building one is the costly part of a
     placement in a large cluster); candidates are read, never changed, by placement. `free`: pool.free[i]."""
@@ -262,7 +262,6 @@ def candidate(pool: Pool, i: int, acc: Accounting, model: str | None, free: floa
     s = g.sample
     holds = acc.jobs_on(g.uuid)
     resident = model is not None and any(h.model == model for h in holds.values())
-    free = float(pool.free[i]) if free is None else free
     key = (g.sample_mono, acc.version.get(g.uuid, 0), free)
     cached = acc.candidates.get(g.uuid)
     if cached is not None and cached[0] == key and not resident:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
@@ -25,6 +25,9 @@ from orchestrator.jobs.model import Job
 from orchestrator.jobs.states import Applied
 from orchestrator.runtime import Runtime
 from services.errors import AetherError
+
+if TYPE_CHECKING:
+    from orchestrator.jobs.scheduler import Scheduler
 
 log = logging.getLogger("aether.jobs.admission")
 
@@ -45,7 +48,7 @@ class Admission:
         self.s = rt.settings
         self._waiting: list[tuple[Job, asyncio.Future]] = []
         self._wake = asyncio.Event()
-        self.planner: Any = None  # the Scheduler (plan_new, advance_new, record_new, placed_new, release, fence), when there is one
+        self.planner: Scheduler | None = None  # places new jobs as they are stored, on the scheduler's leader
 
     def quota(self, tenant: str) -> tuple[int, int]:
         q = self.s.job_tenant_quotas.get(tenant)

@@ -18,22 +18,28 @@ ROLLBACK_LIMIT_S = 2.0
 
 
 @asynccontextmanager
-async def connection(rt: Runtime, *, transaction: bool = False, timeout_s: float = 15.0
-                     ) -> AsyncIterator[asyncpg.Connection]:
-    """A pooled connection (in a transaction if asked); raises DatabaseUnavailable instead of hanging."""
+async def _typed_errors(rt: Runtime) -> AsyncIterator[None]:
+    """'PostgreSQL is down' (or not ready yet), however it shows, as the typed 503."""
     if not rt.db_ready.is_set():
         raise DatabaseUnavailable("database not ready yet (starting or migrating)")
     try:
-        async with asyncio.timeout(timeout_s), rt.db() as conn:
-            if transaction:
-                async with conn.transaction():
-                    yield conn
-            else:
-                yield conn
+        yield
     except DatabaseUnavailable:
         raise
     except DB_ERRORS as exc:
         raise DatabaseUnavailable(f"database unavailable: {exc.__class__.__name__}") from exc
+
+
+@asynccontextmanager
+async def connection(rt: Runtime, *, transaction: bool = False, timeout_s: float = 15.0
+                     ) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection (in a transaction if asked); raises DatabaseUnavailable instead of hanging."""
+    async with _typed_errors(rt), asyncio.timeout(timeout_s), rt.db() as conn:
+        if transaction:
+            async with conn.transaction():
+                yield conn
+        else:
+            yield conn
 
 
 async def keep_session(conn: asyncpg.Connection) -> None:
@@ -49,25 +55,18 @@ async def transaction(rt: Runtime, *, first: str | None = None, timeout_s: float
     release), with BEGIN sent together with `first` (a statement without parameters, such as a lock or a fence),
     and COMMIT. Under load each round trip waits its turn on a busy event loop and a busy database, so the number
     of them, not the work, sets how long a batch takes. Raises DatabaseUnavailable instead of hanging."""
-    if not rt.db_ready.is_set():
-        raise DatabaseUnavailable("database not ready yet (starting or migrating)")
     pool = rt.tx_pool or rt.pool
-    try:
-        async with asyncio.timeout(timeout_s):
-            conn = await pool.acquire()
-            try:
-                await conn.execute(f"BEGIN; {first}" if first else "BEGIN")
-                yield conn
-                await conn.execute("COMMIT")
-            except BaseException as exc:
-                await _abandon(conn, interrupted=not isinstance(exc, Exception))
-                raise
-            finally:
-                await pool.release(conn)
-    except DatabaseUnavailable:
-        raise
-    except DB_ERRORS as exc:
-        raise DatabaseUnavailable(f"database unavailable: {exc.__class__.__name__}") from exc
+    async with _typed_errors(rt), asyncio.timeout(timeout_s):
+        conn = await pool.acquire()
+        try:
+            await conn.execute(f"BEGIN; {first}" if first else "BEGIN")
+            yield conn
+            await conn.execute("COMMIT")
+        except BaseException as exc:
+            await _abandon(conn, interrupted=not isinstance(exc, Exception))
+            raise
+        finally:
+            await pool.release(conn)
 
 
 async def _abandon(conn: asyncpg.Connection, *, interrupted: bool) -> None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
@@ -263,34 +264,41 @@ class Scheduler:
             if not pool.gpus:
                 return 0
             usage = dict(self.acc.tenant_gpus)
-            now = time.monotonic()
-            chunk: list[tuple[Job, np.ndarray]] = []
-            first = 0.0
+            now = first = time.monotonic()
             try:
-                for job in self.queue.ordered(usage):
-                    pos = await self._positions(job, pool, now)
-                    if pos is None:
-                        continue
-                    chunk.append((job, pos))
-                    if len(chunk) >= self.s.job_placement_concurrency:
-                        if not decided:
-                            first = time.monotonic()
-                        decided += await self._decide_chunk(chunk, pool, usage)
-                        chunk = []
+                async with aclosing(self._decide_in_order(self.queue.ordered(usage), pool, usage, now)) as chunks:
+                    async for chunk in chunks:
+                        decided += chunk
                         if placed + len(decided) >= self.s.job_scheduler_batch:
                             break
                         if decided and time.monotonic() - first >= COMMIT_AFTER_S:
                             # Deciding is slow (the AI core answers): do not hold the first decisions back longer.
                             batch, decided = decided, []
                             placed += await self._commit(batch)
-                if chunk:
-                    decided += await self._decide_chunk(chunk, pool, usage)
+                            first = time.monotonic()
             except BaseException:
                 self.release(decided)
                 raise
         if decided:
             placed += await self._commit(decided)
         return placed
+
+    async def _decide_in_order(self, jobs: Iterable[Job], pool: Pool, usage: dict[str, float], now: float
+                               ) -> AsyncIterator[list[_Decided]]:
+        """The decisions for `jobs`, in their order, a chunk of `job_placement_concurrency` at a time (each chunk
+        sees the memory the previous ones took); jobs that cannot start now are skipped."""
+        chunk: list[tuple[Job, np.ndarray]] = []
+        for job in jobs:
+            pos = await self._positions(job, pool, now)
+            if pos is None:
+                continue
+            chunk.append((job, pos))
+            if len(chunk) >= self.s.job_placement_concurrency:
+                decided = await self._decide_chunk(chunk, pool, usage)
+                chunk = []
+                yield decided
+        if chunk:
+            yield await self._decide_chunk(chunk, pool, usage)
 
     async def _positions(self, job: Job, pool: Pool, now: float) -> np.ndarray | None:
         """The job's candidate GPUs in `pool`, or None if it cannot start now (it waits; smaller jobs behind it
@@ -333,17 +341,9 @@ class Scheduler:
             batch = JobQueue()
             for job in jobs:
                 batch.add(job)
-            chunk: list[tuple[Job, np.ndarray]] = []
             try:
-                for job in batch.ordered(usage):
-                    pos = await self._positions(job, pool, now)
-                    if pos is not None:
-                        chunk.append((job, pos))
-                    if len(chunk) >= self.s.job_placement_concurrency:
-                        decided += await self._decide_chunk(chunk, pool, usage)
-                        chunk = []
-                if chunk:
-                    decided += await self._decide_chunk(chunk, pool, usage)
+                async for chunk in self._decide_in_order(batch.ordered(usage), pool, usage, now):
+                    decided += chunk
             except BaseException:
                 self._plan_pool = None
                 self.release(decided)

@@ -126,10 +126,10 @@ async def write_transitions(conn: asyncpg.Connection, applied: Sequence[Applied]
     last: dict[str, Job] = {}
     for a in applied:
         last[a.job.id] = a.job
-    jobs = _columns([j.row_values() for j in last.values()], 17)
-    events = _columns([transition_event(a) for a in applied], len(EVENT_COLUMNS))
+    jobs = _columns([j.row_values() for j in last.values()])
+    events = _columns([transition_event(a) for a in applied])
     if logs:
-        await conn.execute(UPDATE_JOBS_AND_LOGS, *jobs, *events, *_columns(_log_order(logs), len(LOG_COLUMNS)))
+        await conn.execute(UPDATE_JOBS_AND_LOGS, *jobs, *events, *_columns(_log_order(logs)))
     else:
         await conn.execute(UPDATE_JOBS, *jobs, *events)
 
@@ -140,9 +140,9 @@ def _log_order(rows: Sequence[tuple]) -> list[tuple]:
     return sorted(rows, key=lambda r: (r[0], r[1], r[2]))
 
 
-def _columns(rows: list[tuple], width: int) -> list[list]:
-    """Rows to the column arrays the unnest statements take."""
-    return [list(c) for c in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
+def _columns(rows: list[tuple]) -> list[list]:
+    """Rows (at least one: every caller writes something) to the column arrays the unnest statements take."""
+    return [list(c) for c in zip(*rows, strict=True)]
 
 
 async def admission_state(conn: asyncpg.Connection, keys: list[tuple[str, str]]
@@ -165,8 +165,8 @@ async def insert_jobs(conn: asyncpg.Connection, jobs: Sequence[Job], placed: Seq
     events = [(j.id, 0, None, JobState.PENDING.value, j.submitted_at, None, "orchestrator", None, "submitted")
               for j in jobs]
     events += [transition_event(a) for a in placed]
-    await conn.execute(INSERT_JOBS, *_columns([final.get(j.id, j).new_row_values() for j in jobs], 29),
-                       *_columns(events, len(EVENT_COLUMNS)))
+    await conn.execute(INSERT_JOBS, *_columns([final.get(j.id, j).new_row_values() for j in jobs]),
+                       *_columns(events))
 
 
 async def get_job(conn: asyncpg.Connection | asyncpg.Pool, job_id: str) -> Job | None:
@@ -208,7 +208,7 @@ async def events(conn: asyncpg.Connection, job_id: str) -> list[dict[str, Any]]:
 async def insert_logs(conn: asyncpg.Connection, rows: Sequence[tuple]) -> None:
     """Store log lines (LOG_COLUMNS) of known jobs; a redelivered line (same job, attempt, seq) is stored once."""
     if rows:
-        await conn.execute(INSERT_LOGS, *_columns(_log_order(rows), len(LOG_COLUMNS)))
+        await conn.execute(INSERT_LOGS, *_columns(_log_order(rows)))
 
 
 async def logs(conn: asyncpg.Connection, job_id: str, *, after_id: int = 0, attempt: int | None = None,
