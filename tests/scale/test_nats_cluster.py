@@ -121,8 +121,13 @@ async def test_cluster_loses_a_server_and_nothing_else(database_url, unique_node
             assert seqs[0] == 0
             expected[node] = sum(len(b.samples) for b in batches)
         await until(lambda: _equal(database_url, expected), 40, f"the database to hold the stream's {expected} samples")
-        info = await js.consumer_info(subjects.TELEMETRY_STREAM, INGEST_CONSUMER)
-        assert info.num_pending == 0 and info.num_ack_pending == 0
+        # Each batch is acknowledged after its commit, so the last ack can still be on its way (through the
+        # cluster) when its rows are visible: wait for it rather than race it.
+        async def all_acked():
+            info = await js.consumer_info(subjects.TELEMETRY_STREAM, INGEST_CONSUMER)
+            return info.num_pending == 0 and info.num_ack_pending == 0
+
+        await until(all_acked, 10, "every stored batch acknowledged, nothing left pending")
     finally:
         if nc is not None:
             await nc.close()
