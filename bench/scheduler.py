@@ -241,6 +241,11 @@ def _phase(subs: list[tuple[str, float, float]], times: dict[str, dict[str, floa
                             if "SCHEDULED" in times.get(j, {})])
     sched_run = percentiles([(times[j]["RUNNING"] - times[j]["SCHEDULED"]) * 1000 for j in ids
                              if "RUNNING" in times.get(j, {}) and "SCHEDULED" in times[j]])
+    # ... split at the agent's RUNNING report: dispatch and the agent's start, then the report's way back.
+    dispatched = percentiles([(times[j]["agent RUNNING"] - times[j]["SCHEDULED"]) * 1000 for j in ids
+                              if "agent RUNNING" in times.get(j, {}) and "SCHEDULED" in times[j]])
+    reported = percentiles([(times[j]["RUNNING"] - times[j]["agent RUNNING"]) * 1000 for j in ids
+                            if "agent RUNNING" in times.get(j, {})])
     return {
         "submissions_per_s": len(subs) / (max(s[2] for s in subs) - min(s[1] for s in subs)),
         "placements_per_s": (len(sched) - 1) / (sched[-1] - sched[0]) if len(sched) > 1 else float("nan"),
@@ -249,6 +254,8 @@ def _phase(subs: list[tuple[str, float, float]], times: dict[str, dict[str, floa
         "submit_to_running_p99_ms": lat["p99"],
         **{f"submit_to_scheduled_{k}_ms": v for k, v in to_sched.items()},
         **{f"scheduled_to_running_{k}_ms": v for k, v in sched_run.items()},
+        **{f"scheduled_to_agent_running_{k}_ms": v for k, v in dispatched.items()},
+        **{f"agent_running_to_recorded_{k}_ms": v for k, v in reported.items()},
         "submit_http_p50_ms": http["p50"], "submit_http_p95_ms": http["p95"], "submit_http_p99_ms": http["p99"],
         "reached_running": len(to_running),
     }
@@ -280,13 +287,17 @@ async def event_times(dsn: str, ids: list[str]) -> dict[str, dict[str, float]]:
 
     conn = await asyncpg.connect(dsn)
     try:
-        rows = await conn.fetch("SELECT job_id, to_state, min(recorded_at) AS t FROM job_events "
+        # recorded_at: when the orchestrator wrote the transition; time: when its source says it happened (for
+        # RUNNING, the agent's clock, the same host's).
+        rows = await conn.fetch("SELECT job_id, to_state, min(recorded_at) AS t, min(time) AS said FROM job_events "
                                 "WHERE job_id = ANY($1::text[]) GROUP BY job_id, to_state", ids)
     finally:
         await conn.close()
     out: dict[str, dict[str, float]] = {}
     for r in rows:
         out.setdefault(r["job_id"], {})[r["to_state"]] = r["t"].timestamp()
+        if r["to_state"] == "RUNNING":
+            out[r["job_id"]]["agent RUNNING"] = r["said"].timestamp()
     return out
 
 
@@ -443,6 +454,10 @@ def main() -> int:
             {"measure": "POST /v1/jobs (ms)", **{k: res[f"submit_http_{k}_ms"] for k in ("p50", "p95", "p99")}},
             {"measure": "submit -> SCHEDULED (ms)", **{k: res[f"submit_to_scheduled_{k}_ms"] for k in ("p50", "p95", "p99")}},
             {"measure": "SCHEDULED -> RUNNING (ms)", **{k: res[f"scheduled_to_running_{k}_ms"] for k in ("p50", "p95", "p99")}},
+            {"measure": "  SCHEDULED -> agent says RUNNING (ms)",
+             **{k: res[f"scheduled_to_agent_running_{k}_ms"] for k in ("p50", "p95", "p99")}},
+            {"measure": "  agent says RUNNING -> recorded (ms)",
+             **{k: res[f"agent_running_to_recorded_{k}_ms"] for k in ("p50", "p95", "p99")}},
             {"measure": f"paced {res['paced_rate_per_s']:g}/s: submit -> RUNNING (ms)",
              **{k: res[f"paced_submit_to_running_{k}_ms"] for k in ("p50", "p95", "p99")}}]
     print_table(rows, ["measure", "p50", "p95", "p99"],

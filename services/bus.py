@@ -78,12 +78,13 @@ async def ensure_telemetry_stream(js: JetStreamContext, *, max_age_s: float = 24
 
 
 JOBS_STREAM = "AETHER_JOBS"
+JOBS_STREAM_SUBJECTS = [subjects.JOB_REPORT_ALL, subjects.JOB_LOG_ALL, subjects.SCHEDULER_HINT_ALL]
 
 
 async def ensure_jobs_stream(js: JetStreamContext, *, max_age_s: float = 7 * 24 * 3600, replicas: int = 1) -> None:
-    """Job states and logs are kept in a stream so a report sent while the orchestrator is down is not lost."""
-    await ensure_stream(js, JOBS_STREAM, [subjects.JOB_STATE_ALL, subjects.JOB_REPORT_ALL, subjects.JOB_LOG_ALL],
-                        max_age_s=max_age_s, replicas=replicas)
+    """Agents' job reports and output, and the scheduler's hints, are kept in a stream so that what is sent while the
+    orchestrator (or the scheduler's leader) is down is not lost."""
+    await ensure_stream(js, JOBS_STREAM, JOBS_STREAM_SUBJECTS, max_age_s=max_age_s, replicas=replicas)
 
 
 def js_delivery(reply: str | None) -> tuple[int, int] | None:

@@ -15,6 +15,10 @@ HEARTBEAT_ALL = f"{PREFIX}.heartbeat.*"
 JOB_STATE_ALL = f"{PREFIX}.jobs.*.state"
 JOB_REPORT_ALL = f"{PREFIX}.jobs.*.state.*"
 JOB_LOG_ALL = f"{PREFIX}.jobs.*.log.*"
+# What the scheduler's leader must hear of from other replicas (a job stored queued, a queued job cancelled), kept in
+# the jobs stream so a leader that starts later still hears it. The transitions above are live only (PostgreSQL
+# keeps their history).
+SCHEDULER_HINT_ALL = f"{PREFIX}.scheduler.hint.*"
 ALERTS_ALL = f"{PREFIX}.alerts.>"
 PLACEMENT = f"{PREFIX}.placement"
 CLUSTER = f"{PREFIX}.cluster"
@@ -52,6 +56,10 @@ def cmd_all(node: str) -> str:
 def job_state(job_id: str) -> str:
     """The orchestrator's transitions of one job."""
     return f"{PREFIX}.jobs.{job_id}.state"
+
+
+def scheduler_hint(job_id: str) -> str:
+    return f"{PREFIX}.scheduler.hint.{job_id}"
 
 
 def job_report(job_id: str, node: str) -> str:

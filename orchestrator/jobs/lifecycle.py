@@ -17,7 +17,8 @@ from orchestrator.jobs.model import Job
 from orchestrator.jobs.states import Applied, Refused, Transition, advance
 from orchestrator.runtime import Runtime
 from services import subjects
-from services.schemas import FINAL_STATES, JobState, JobStateEvent
+from services.schemas import FINAL_STATES, JobState, JobStateEvent, SchedulerHint
+from services.schemas.base import utcnow
 
 log = logging.getLogger("aether.jobs.lifecycle")
 
@@ -121,6 +122,8 @@ class Lifecycle:
                 m.lost.inc()
             if t.source == "orchestrator":
                 await self._publish(a)
+                if a.prev == JobState.PENDING and job.state in FINAL_STATES:
+                    await self.hint(job.id, job.state)  # a queued job cancelled: the leader drops it
         if self.rt.hub.clients:  # (building the views costs; nobody may be watching)
             for job in latest.values():
                 self.rt.hub.publish({"type": "job", "job": job.summary()}, tenant=job.tenant)
@@ -130,8 +133,9 @@ class Lifecycle:
             except Exception:
                 log.exception("job listener failed")
 
-    async def submitted(self, jobs: list[Job]) -> None:
-        """New jobs were stored PENDING: log, count, publish and push them like any transition."""
+    async def submitted(self, jobs: list[Job], *, queued: bool = True) -> None:
+        """New jobs were stored PENDING: log, count, publish and push them like any transition. `queued`: they stay
+        PENDING (not placed as they were stored), so the scheduler's leader must hear of them."""
         for job in jobs:
             log.info("job transition", extra={"job_id": job.id, "from": None, "to": job.state.value, "duration_s": 0.0,
                                               "attempt": 0, "source": "orchestrator", "reason": "submitted",
@@ -143,8 +147,19 @@ class Lifecycle:
                 await self.rt.nc.publish(subjects.job_state(job.id), event.to_bytes())
             except Exception as exc:
                 log.warning("job state event not published", extra={"job_id": job.id, "error": repr(exc)})
+            if queued:
+                await self.hint(job.id, JobState.PENDING)
             if self.rt.hub.clients:
                 self.rt.hub.publish({"type": "job", "job": job.summary()}, tenant=job.tenant)
+
+    async def hint(self, job_id: str, state: JobState) -> None:
+        """Tell the scheduler's leader, whichever replica it is, through the jobs stream (so a leader elected a moment
+        later still hears it); the periodic sync of queued jobs covers one that is not published."""
+        hint = SchedulerHint(job_id=job_id, state=state, time=utcnow(), replica=self.rt.settings.instance_id)
+        try:
+            await self.rt.nc.publish(subjects.scheduler_hint(job_id), hint.to_bytes())
+        except Exception as exc:
+            log.warning("scheduler hint not published", extra={"job_id": job_id, "error": repr(exc)})
 
     async def _publish(self, a: Applied) -> None:
         job, t = a.job, a.transition

@@ -375,7 +375,7 @@ class Scheduler:
     async def placed_new(self, jobs: list[Job], applied: list[Applied], plan: dict[str, _Decided]) -> None:
         """After admission committed `jobs` (PENDING) and, of them, `applied` (-> SCHEDULED): announce both steps
         in order, then dispatch (see `_dispatch_placed`)."""
-        await self.lifecycle.submitted(jobs)
+        await self.lifecycle.submitted(jobs, queued=False)
         await self.lifecycle.announce(applied)
         await self._dispatch_placed(applied, {a.job.id: plan[a.job.id].decision for a in applied})
 

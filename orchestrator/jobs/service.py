@@ -204,7 +204,9 @@ class JobService:
         if admitted.created and not admitted.announced:
             self.sched.enqueue([admitted.job])
             try:
-                await self.lifecycle.submitted([admitted.job])
+                # Queued here when this replica leads; otherwise the leader hears of it by a hint. (A leader that
+                # lost its lease this instant misses it; the new leader's sync of queued jobs finds it.)
+                await self.lifecycle.submitted([admitted.job], queued=not self.sched.leading)
             except Exception:  # stored is stored: the caller must get its job id whatever the courtesies do
                 log.exception("announcing a submitted job failed", extra={"job_id": admitted.job.id})
         return admitted

@@ -14,6 +14,7 @@ from services.schemas.jobs import (
     JobState,
     JobStateEvent,
     JobSubmitted,
+    SchedulerHint,
 )
 from services.schemas.placement import (
     Candidate,
@@ -50,6 +51,7 @@ __all__ = [
     "ModelUpdated",
     "PlacementDecision",
     "PlacementRequest",
+    "SchedulerHint",
     "StrictBody",
     "TelemetryBatch",
     "TelemetrySample",

@@ -169,6 +169,17 @@ class JobStateEvent(BusMessage):
     pid: int | None = None
 
 
+class SchedulerHint(BusMessage):
+    """On `aether.scheduler.hint.<id>`, from the orchestrator replica that did it: a job was stored queued
+    (`PENDING`), or a queued job ended (cancelled), so the scheduler's leader queues it or drops it."""
+
+    v: Literal[1] = 1
+    job_id: str
+    state: JobState
+    time: UtcDatetime
+    replica: str | None = None
+
+
 class JobLogLine(BusMessage):
     """One line of a job's output, on `aether.jobs.<id>.log.<node>` (from the agent running it)."""
 

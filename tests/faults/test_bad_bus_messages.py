@@ -24,6 +24,7 @@ from services.schemas import (
     JobState,
     JobStateEvent,
     ModelUpdated,
+    SchedulerHint,
     TelemetryBatch,
     TelemetrySample,
 )
@@ -141,7 +142,9 @@ async def _run(ns, orch, agt, core, node: str, dsn: str) -> None:
         (subjects.job_report("jfeedfeedfeedfeed1", node), _bump_version(state.to_bytes())),
         (subjects.job_report("jfeedfeedfeedfeed2", node), state.to_bytes()),  # job 1's state on job 2's subject
         (subjects.job_report("jfeedfeedfeedfeed1", "other-node"), state.to_bytes()),  # another node's subject
-        (subjects.job_state("jfeedfeedfeedfeed1"), state.to_bytes()),  # an agent's report on the orchestrator's
+        # a scheduler hint about job 2 on job 1's subject
+        (subjects.scheduler_hint("jfeedfeedfeedfeed1"),
+         SchedulerHint(job_id="jfeedfeedfeedfeed2", state=JobState.PENDING, time=now).to_bytes()),
         (subjects.job_log("jfeedfeedfeedfeed1", node),
          JobLogLine(job_id="jfeedfeedfeedfeed2", seq=0, stream="stdout", line="x", time=now).to_bytes()),
     ]

@@ -219,7 +219,7 @@ async def test_malformed_reports_are_counted_and_dead_lettered(http, nc):
     before = metric((await http.get("/metrics")).text, "aether_job_reports_malformed_total")
     before = 0.0 if before != before else before  # NaN: not yet exported
     js = nc.jetstream()
-    await js.publish(subjects.job_state("j0000000000000aaa"), b"{not json")
+    await js.publish(subjects.scheduler_hint("j0000000000000aaa"), b"{not json")
     await js.publish(subjects.job_log("j0000000000000bbb", "n1"), orjson.dumps({"v": 1, "job_id": "other", "seq": 0,
                                                                           "stream": "stdout", "line": "x",
                                                                           "time": "2026-01-01T00:00:00Z"}))
@@ -229,7 +229,7 @@ async def test_malformed_reports_are_counted_and_dead_lettered(http, nc):
 
     await until(counted, 15, "two malformed job messages counted")
     await until(lambda: len(got) == 2, 5, "two dead letters")
-    assert {m.headers["Aether-Original-Subject"] for m in got} == {subjects.job_state("j0000000000000aaa"),
+    assert {m.headers["Aether-Original-Subject"] for m in got} == {subjects.scheduler_hint("j0000000000000aaa"),
                                                                   subjects.job_log("j0000000000000bbb", "n1")}
     await sub.unsubscribe()
 

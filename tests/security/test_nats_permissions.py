@@ -144,7 +144,8 @@ async def test_an_agent_cannot_report_on_another_nodes_job(secured):
             forged = JobStateEvent(job_id=jid, state=JobState.SUCCEEDED, prev_state=JobState.RUNNING,
                                    time=datetime.now(UTC), source="agent", attempt=job["attempt"], node=job["node"],
                                    exit_code=0, result={"forged": True})
-            for subject in (subjects.job_report(jid, job["node"]), subjects.job_state(jid)):
+            for subject in (subjects.job_report(jid, job["node"]), subjects.job_state(jid),
+                            subjects.scheduler_hint(jid)):
                 await intruder.nc.publish(subject, forged.to_bytes())
                 await intruder.refused(subject)
             ack = await intruder.nc.jetstream().publish(subjects.job_report(jid, secured.other), forged.to_bytes(),
