@@ -45,12 +45,33 @@ DEFAULT_TIMEOUT_S = 0.5
 FAILURES_TO_OPEN = 3
 OPEN_FOR_S = 5.0
 
-_INSERT = """
-INSERT INTO placements (job_id, time, policy, fallback_reason, model_version, chosen_uuid, chosen_node, chosen_uuids,
-                        runner_up_uuid, candidates, scores, contributions, runner_up_contributions, rejected,
-                        latency_ms, job_features, chosen_state)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb, $12::jsonb, $13::jsonb, $14::jsonb, $15, $16::jsonb,
-        $17::jsonb)"""
+_PLACEMENT_COLUMNS = ("job_id", "time", "policy", "fallback_reason", "model_version", "chosen_uuid", "chosen_node",
+                      "chosen_uuids", "runner_up_uuid", "candidates", "scores", "contributions",
+                      "runner_up_contributions", "rejected", "latency_ms", "job_features", "chosen_state")
+_PLACEMENT_TYPES = ("text", "timestamptz", "text", "text", "text", "text", "text", "text", "text", "int", "text", "text",
+                    "text", "text", "float8", "text", "text")
+
+
+def insert_sql(first: int) -> str:
+    """Store decisions (row i of each array of `columns` is one), in their order, in one statement; parameters
+    $first.. on, after those of the statement it joins (admission stores them with its jobs: one round trip less
+    under its lock). JSON travels as text; `chosen_uuids`, of any length, as a JSON array."""
+    p = [f"${i}::{t}[]" for i, t in zip(range(first, first + len(_PLACEMENT_COLUMNS)), _PLACEMENT_TYPES, strict=True)]
+    cols = ", ".join(_PLACEMENT_COLUMNS)
+    return f"""
+INSERT INTO placements ({cols})
+SELECT job_id, time, policy, fallback_reason, model_version, chosen_uuid, chosen_node,
+       ARRAY(SELECT jsonb_array_elements_text(chosen_uuids::jsonb)), runner_up_uuid, candidates, scores::jsonb,
+       contributions::jsonb, runner_up_contributions::jsonb, rejected::jsonb, latency_ms, job_features::jsonb,
+       chosen_state::jsonb
+FROM unnest({", ".join(p)}) WITH ORDINALITY AS u({cols}, n)
+ORDER BY n"""
+
+
+def columns(decisions: list[PlacementDecision]) -> list[list]:
+    """The arguments of `insert_sql`."""
+    rows = [_row(d) for d in decisions]
+    return [list(c) for c in zip(*rows, strict=True)]
 
 
 # Up to this many candidates, a one-GPU job is decided on plain floats (`memory_safe_one`): numpy's per-call cost
@@ -231,17 +252,17 @@ class Placer:
         db = pool if pool is not None else self.pool
         if db is None:
             raise ValueError("no database pool to record the placement in")
-        row_id = await db.fetchval(_INSERT + " RETURNING id", *_row(decision))
+        row_id = await db.fetchval(insert_sql(1) + " RETURNING id", *([v] for v in _row(decision)))
         if publish:
             await self.publish(decision)
         return int(row_id)
 
     @staticmethod
     async def record_many(conn: Any, decisions: list[PlacementDecision]) -> None:
-        """Store several decisions in one round trip (`executemany`), on `conn` inside the caller's transaction:
-        the scheduler commits a pass's placements with their jobs' transitions. Not published (see `publish`)."""
+        """Store several decisions in one statement, on `conn` inside the caller's transaction: the scheduler
+        commits a pass's placements with their jobs' transitions. Not published (see `publish`)."""
         if decisions:
-            await conn.executemany(_INSERT, [_row(d) for d in decisions])
+            await conn.execute(insert_sql(1), *columns(decisions))
 
     async def publish(self, decision: PlacementDecision) -> bool:
         if self.nc is None:
@@ -255,9 +276,9 @@ class Placer:
 
 
 def _row(d: PlacementDecision) -> tuple:
-    """The `_INSERT` arguments of one decision."""
+    """One decision's row of `insert_sql`."""
     return (d.job_id, d.time or utcnow(), d.policy, d.fallback_reason, d.model_version, d.chosen_uuid, d.chosen_node,
-            d.chosen_uuids or [d.chosen_uuid], d.runner_up_uuid, len(d.scores) + len(d.rejected), _json(d.scores),
+            orjson.dumps(d.chosen_uuids or [d.chosen_uuid]).decode(), d.runner_up_uuid, len(d.scores) + len(d.rejected), _json(d.scores),
             _dump_list(d.contributions), _dump_list(d.runner_up_contributions), _json(d.rejected), d.latency_ms,
             d.job.model_dump_json() if d.job is not None else None,
             _dump_list(d.chosen_state) if d.chosen_state else None)

@@ -170,11 +170,11 @@ class Admission:
                         batch_keys[key] = job
                     out.append(Admitted(job, created=True))
                 if accepted:
-                    # Those planned go in SCHEDULED, with their placement rows: one statement each, not two more.
+                    # Those planned go in SCHEDULED, with their placement rows, all in one statement: under the lock,
+                    # every round trip is one more that the next batch waits for.
                     applied = self.planner.advance_new(accepted, plan) if plan else []
-                    await store.insert_jobs(conn, accepted, applied)
-                    if applied:
-                        await self.planner.record_new(conn, applied, plan)
+                    await store.insert_jobs(conn, accepted, applied,
+                                            also=self.planner.rows_new(applied, plan) if applied else None)
         except asyncpg.PostgresError as exc:
             if not_leader(exc):
                 raise NotLeader("this replica no longer holds the scheduler lease") from None

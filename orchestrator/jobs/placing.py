@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from orchestrator.runtime import Runtime
@@ -38,12 +39,13 @@ class Placement:
         self.rt = rt
         self.placer: Any = None
         try:
-            from orchestrator.placement import Placer  # the AI engineer's module
+            from orchestrator.placement import Placer, columns, insert_sql  # the AI engineer's module
         except ImportError as exc:
             log.warning("orchestrator.placement not available; placing with the built-in best-fit heuristic",
                         extra={"error": repr(exc)})
             return
         self.placer = Placer(rt.settings.ai_core_url, http=rt.http, pool=rt.pool, nc=rt.nc)
+        self._rows = insert_sql, columns
 
     async def place(self, job_id: str, job: JobFeatures, candidates: list[Candidate]) -> PlacementDecision:
         if self.placer is None:
@@ -60,6 +62,13 @@ class Placement:
         if self.placer is None:
             return
         await self.placer.record_many(conn, decisions)
+
+    def rows(self, decisions: list[PlacementDecision]) -> tuple[Callable[[int], str], list] | None:
+        """`record` as part of a statement of the caller's (`store.insert_jobs`'s `also`); None without a placer."""
+        if self.placer is None or not decisions:
+            return None
+        sql, columns = self._rows
+        return sql, columns(decisions)
 
     async def publish(self, decisions: list[PlacementDecision]) -> None:
         """After the commit: the decisions on `aether.placement`, for custom tooling."""

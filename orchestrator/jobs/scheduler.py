@@ -14,7 +14,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -368,9 +367,9 @@ class Scheduler:
         """For admission, about to store `jobs`: the planned PENDING -> SCHEDULED of those planned."""
         return [advance(job, plan[job.id].transition) for job in jobs if job.id in plan]
 
-    async def record_new(self, conn: Any, applied: list[Applied], plan: dict[str, _Decided]) -> None:
-        """Inside admission's transaction, once the jobs are stored: the placement rows of those placed."""
-        await self.placement.record(conn, [plan[a.job.id].decision for a in applied])
+    def rows_new(self, applied: list[Applied], plan: dict[str, _Decided]) -> tuple[Callable[[int], str], list] | None:
+        """For admission's insert of the jobs: the placement rows of those placed (`store.insert_jobs`'s `also`)."""
+        return self.placement.rows([plan[a.job.id].decision for a in applied])
 
     async def placed_new(self, jobs: list[Job], applied: list[Applied], plan: dict[str, _Decided]) -> None:
         """After admission committed `jobs` (PENDING) and, of them, `applied` (-> SCHEDULED): announce both steps

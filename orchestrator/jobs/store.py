@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -35,7 +35,7 @@ ORDER BY n
 
 # New jobs (whole rows: a job placed as it is stored goes in SCHEDULED) and their events, in one statement (row i of
 # each array is one job).
-INSERT_JOBS = """
+_INSERT_JOBS = """
 WITH inserted AS (
 INSERT INTO jobs (id, name, tenant, submitted_by, idempotency_key, spec, job_type, model, priority, gpus, gpu_mem_mb,
                   max_duration_s, submitted_at, state, attempt, lost_count, node, assignment, placement, exit_code,
@@ -50,7 +50,8 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text
     AS u(id, name, tenant, submitted_by, idempotency_key, spec, job_type, model, priority, gpus, gpu_mem_mb,
          max_duration_s, submitted_at, state, attempt, lost_count, node, assignment, placement, exit_code, result,
          error, reason, pid, cancel_requested_at, scheduled_at, started_at, finished_at, state_since)
-)""" + _insert_events(30)
+)"""
+INSERT_JOBS = _INSERT_JOBS + _insert_events(30)
 
 # Every changed job of a transaction in ONE statement (row i of each array is one job), with the transitions'
 # events: a burst of reports or placements updates hundreds of rows, and one statement costs the server one plan
@@ -158,15 +159,21 @@ async def admission_state(conn: asyncpg.Connection, keys: list[tuple[str, str]]
     return {t: (active, gpus) for t, active, gpus, _ in counts}, sum(c[3] for c in counts), existing
 
 
-async def insert_jobs(conn: asyncpg.Connection, jobs: Sequence[Job], placed: Sequence[Applied] = ()) -> None:
+async def insert_jobs(conn: asyncpg.Connection, jobs: Sequence[Job], placed: Sequence[Applied] = (),
+                      also: tuple[Callable[[int], str], list] | None = None) -> None:
     """Store new jobs with their PENDING events, in one statement; those in `placed` (PENDING -> SCHEDULED, decided
-    as they are stored) go in as that transition left them, with its event too."""
+    as they are stored) go in as that transition left them, with its event too. `also`: one more INSERT for the
+    same statement, as (its SQL given its first parameter number, its arguments) - the placement rows."""
     final = {a.job.id: a.job for a in placed}
     events = [(j.id, 0, None, JobState.PENDING.value, j.submitted_at, None, "orchestrator", None, "submitted")
               for j in jobs]
     events += [transition_event(a) for a in placed]
-    await conn.execute(INSERT_JOBS, *_columns([final.get(j.id, j).new_row_values() for j in jobs]),
-                       *_columns(events))
+    args = [*_columns([final.get(j.id, j).new_row_values() for j in jobs]), *_columns(events)]
+    if also is None:
+        await conn.execute(INSERT_JOBS, *args)
+        return
+    sql, more = also
+    await conn.execute(f"{_INSERT_JOBS}, also_rows AS ({sql(len(args) + 1)}){_insert_events(30)}", *args, *more)
 
 
 async def get_job(conn: asyncpg.Connection | asyncpg.Pool, job_id: str) -> Job | None:

@@ -39,7 +39,7 @@ class LostLease:
     def advance_new(self, jobs, plan):
         raise AssertionError("a replica that does not lead must not place")
 
-    async def record_new(self, conn, applied, plan):
+    def rows_new(self, applied, plan):
         raise AssertionError("a replica that does not lead must not write placements")
 
     async def placed_new(self, jobs, applied, plan):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
+import asyncpg
 import orjson
 
 from services import subjects
@@ -32,7 +33,7 @@ async def _submit(http, name: str, mem_mb: int) -> dict:
     return await until(go, 20, f"{name} accepted")
 
 
-async def test_a_job_that_can_start_now_is_placed_as_it_is_stored(http, nc):
+async def test_a_job_that_can_start_now_is_placed_as_it_is_stored(http, nc, stack):
     gate = asyncio.Event()
     published: list[dict] = []
 
@@ -68,4 +69,16 @@ async def test_a_job_that_can_start_now_is_placed_as_it_is_stored(http, nc):
                                                                       third["job_id"]])
         placed = await job(http, first["job_id"])
         assert placed["placement"]["chosen_uuid"] == agent.uuid(0)
+        # Its decision was stored with it, in admission's statement: one row, the whole decision.
+        conn = await asyncpg.connect(stack["dsn"])
+        try:
+            rows = await conn.fetch("SELECT * FROM placements WHERE job_id = $1", first["job_id"])
+        finally:
+            await conn.close()
+        assert len(rows) == 1
+        row = rows[0]
+        assert (row["chosen_uuid"], row["chosen_node"], row["chosen_uuids"]) == (agent.uuid(0), agent.node,
+                                                                              [agent.uuid(0)])
+        assert orjson.loads(row["scores"]) == placed["placement"]["scores"]
+        assert orjson.loads(row["job_features"])["gpu_mem_mb"] == 60000
     await sub.unsubscribe()
