@@ -143,10 +143,10 @@ class Admission:
         out: list[Admitted | AetherError] = []
         accepted: list[Job] = []
         applied: list[Applied] = []
-        # Placements are only written by the scheduler's leader: the lease fence travels with the lock.
-        first = f"{store.ADMISSION_LOCK_SQL}; {self.planner.fence()}" if plan else store.ADMISSION_LOCK_SQL
+        # Placements are only written by the scheduler's leader: the lease fence travels with BEGIN. The admission
+        # lock is taken by the first read (store.admission_state), so it is held for one round trip less.
         try:
-            async with db.transaction(self.rt, first=first) as conn:
+            async with db.transaction(self.rt, first=self.planner.fence() if plan else None) as conn:
                 counts, pending, existing = await store.admission_state(
                     conn, [(j.tenant, j.idempotency_key) for j in jobs if j.idempotency_key])
                 batch_keys: dict[tuple[str, str], Job] = {}

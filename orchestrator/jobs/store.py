@@ -88,19 +88,11 @@ INSERT_LOGS = _insert_logs(1)
 UPDATE_JOBS_AND_LOGS = f"WITH changed AS ({_UPDATE}), logged AS ({_insert_logs(27)})" + _insert_events(18)
 
 # What admission decides on, in one round trip: per tenant (unfinished jobs, GPUs they ask for, how many PENDING),
-# and the ids of jobs already submitted with the batch's idempotency keys (a retry: rare, then read whole).
-ADMISSION_STATE = """
-SELECT coalesce((SELECT json_agg(json_build_array(tenant, active, gpus, pending)) FROM (
-           SELECT tenant, count(*) AS active, coalesce(sum(gpus), 0) AS gpus,
-                  count(*) FILTER (WHERE state = 'PENDING') AS pending
-           FROM jobs WHERE state = ANY($1::text[]) GROUP BY tenant) c), '[]') AS counts,
-       (SELECT array_agg(j.id) FROM jobs j JOIN unnest($2::text[], $3::text[]) AS k(tenant, key)
-        ON j.tenant = k.tenant AND j.idempotency_key = k.key) AS existing
-"""
-
-# One lock for admission across replicas: check-then-insert must not interleave, or quotas leak.
+# and the ids of jobs already submitted with the batch's idempotency keys (a retry: rare, then read whole). First
+# the function takes the one lock for admission across replicas (check-then-insert must not interleave, or quotas
+# leak): waiting for it and reading cost one round trip (migrations/007_admission.sql).
 ADMISSION_LOCK = 0x41657468  # "Aeth"
-ADMISSION_LOCK_SQL = f"SELECT pg_advisory_xact_lock({ADMISSION_LOCK})"  # (sent with BEGIN: no parameters)
+ADMISSION_STATE = "SELECT counts::text, existing FROM aether_admission_state($1, $2, $3, $4)"
 
 
 async def lock_jobs(conn: asyncpg.Connection, ids: Iterable[str]) -> dict[str, Job]:
@@ -148,9 +140,10 @@ def _columns(rows: list[tuple]) -> list[list]:
 
 async def admission_state(conn: asyncpg.Connection, keys: list[tuple[str, str]]
                           ) -> tuple[dict[str, tuple[int, int]], int, dict[tuple[str, str], Job]]:
-    """Per tenant (unfinished jobs, GPUs they ask for), the number of PENDING jobs overall, and the jobs already
-    submitted under `keys` ((tenant, idempotency key) pairs)."""
-    row = await conn.fetchrow(ADMISSION_STATE, ACTIVE, [k[0] for k in keys], [k[1] for k in keys])
+    """Takes admission's lock (held to the end of the transaction), then reads: per tenant (unfinished jobs, GPUs
+    they ask for), the number of PENDING jobs overall, and the jobs already submitted under `keys` ((tenant,
+    idempotency key) pairs)."""
+    row = await conn.fetchrow(ADMISSION_STATE, ADMISSION_LOCK, ACTIVE, [k[0] for k in keys], [k[1] for k in keys])
     counts = orjson.loads(row["counts"])
     existing: dict[tuple[str, str], Job] = {}
     if row["existing"]:

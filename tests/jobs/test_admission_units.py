@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 from orchestrator.jobs import db
-from orchestrator.jobs.admission import Admission
+from orchestrator.jobs.admission import Admission, Admitted
 from orchestrator.jobs.leader import FENCE_SQLSTATE, NotLeader
 from orchestrator.jobs.model import Job, new_job_id
 from orchestrator.migrate import apply_migrations
@@ -67,3 +67,36 @@ async def test_jobs_are_stored_unplaced_when_the_lease_is_gone(database_url, whe
         assert [(r["id"], r["state"]) for r in rows] == sorted((j.id, "PENDING") for j in jobs)
     finally:
         await pool.close()
+
+
+async def test_quota_and_queue_limit_hold_exactly_when_two_replicas_admit_at_once(database_url):
+    """Two replicas' admissions (each its own pool), batches racing: the quota and the queue limit are never
+    exceeded, because each batch reads the counts only once it holds the admission lock, after every batch before
+    it has committed."""
+    await apply_migrations(database_url)
+    pools = [await asyncpg.create_pool(database_url, min_size=0, max_size=4, reset=db.keep_session) for _ in range(2)]
+    try:
+        ready = asyncio.Event()
+        ready.set()
+        quota = SimpleNamespace(max_active_jobs=7, max_gpus=0)
+        settings = SimpleNamespace(job_tenant_quotas={"capped": quota}, job_tenant_max_active_jobs=0,
+                                   job_tenant_max_gpus=0, job_max_queue=20)
+        replicas = [Admission(SimpleNamespace(settings=settings, db_ready=ready, tx_pool=p, pool=p)) for p in pools]
+
+        def jobs(tenant: str, n: int) -> list[Job]:
+            return [Job.from_spec(new_job_id(), JobSpec(name=f"{tenant}{i}", command=["true"]), tenant, "admin",
+                                  utcnow(), None) for i in range(n)]
+
+        # 24 batches of 2 jobs for the capped tenant and 2 for others, alternating between the replicas.
+        batches = [jobs("capped", 2) + jobs(f"free{b}", 2) for b in range(24)]
+        results = await asyncio.gather(*(replicas[b % 2]._admit(batch) for b, batch in enumerate(batches)))
+        admitted = [r.job for rs in results for r in rs if isinstance(r, Admitted)]
+        refused = [type(r).__name__ for rs in results for r in rs if not isinstance(r, Admitted)]
+        assert sum(j.tenant == "capped" for j in admitted) == 7
+        assert len(admitted) == 20  # the queue limit: every job stays PENDING (nothing places them)
+        assert sorted(set(refused)) == ["QueueFull", "TenantQuotaExceeded"]
+        rows = await pools[0].fetch("SELECT tenant, count(*) AS n FROM jobs WHERE state = 'PENDING' GROUP BY tenant")
+        assert sum(r["n"] for r in rows) == 20 and {r["tenant"]: r["n"] for r in rows}["capped"] == 7
+    finally:
+        for p in pools:
+            await p.close()
