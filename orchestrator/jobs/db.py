@@ -84,3 +84,21 @@ async def _abandon(conn: asyncpg.Connection, *, interrupted: bool) -> None:
         except Exception:
             pass
     conn.terminate()
+
+
+@asynccontextmanager
+async def alone(rt: Runtime, *, timeout_s: float = 15.0) -> AsyncIterator[asyncpg.Connection]:
+    """A connection of the transaction pool for statements that are each their own transaction (each commits as it
+    returns: one round trip in all). One interrupted mid-statement is closed, never reused. Raises
+    DatabaseUnavailable instead of hanging."""
+    pool = rt.tx_pool or rt.pool
+    async with _typed_errors(rt), asyncio.timeout(timeout_s):
+        conn = await pool.acquire()
+        try:
+            yield conn
+        except BaseException as exc:
+            if not isinstance(exc, Exception) and not conn.is_closed():
+                conn.terminate()
+            raise
+        finally:
+            await pool.release(conn)

@@ -104,12 +104,17 @@ class Lease:
         """A statement for the start of a transaction that fails it (FENCE_SQLSTATE, which `not_leader` recognises)
         unless our lease session still holds the lock; raises NotLeader at once when we know it is gone. Sent with
         BEGIN (orchestrator/jobs/db.py `transaction`), it proves the lease at no round trip of its own."""
+        return (f"DO $$BEGIN IF NOT {self.held_condition()} THEN RAISE EXCEPTION "
+                f"'scheduler lease not held' USING ERRCODE = '{FENCE_SQLSTATE}'; END IF; END$$")
+
+    def held_condition(self) -> str:
+        """The fence as an SQL condition, for a statement that writes only if it holds (`store.write_if_unchanged`);
+        raises NotLeader at once when we know the lease is gone."""
         pid = self.backend_pid
         if not self.held or pid is None:
             raise NotLeader("this replica no longer holds the scheduler lease")
-        return (f"DO $$BEGIN IF NOT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid = {KEY1} "
-                f"AND objid = {KEY2} AND objsubid = 2 AND pid = {int(pid)} AND granted) THEN RAISE EXCEPTION "
-                f"'scheduler lease not held' USING ERRCODE = '{FENCE_SQLSTATE}'; END IF; END$$")
+        return (f"EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid = {KEY1} AND objid = {KEY2} "
+                f"AND objsubid = 2 AND pid = {int(pid)} AND granted)")
 
 
 def not_leader(exc: BaseException) -> bool:

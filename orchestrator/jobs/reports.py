@@ -40,6 +40,7 @@ _HINT_PREFIX = subjects.SCHEDULER_HINT_ALL[:-1]
 # Whether every report so far is applied is asked at most every CAUGHT_UP_EVERY_S, and at least every IDLE_POLL_S.
 IDLE_POLL_S = 0.5
 CAUGHT_UP_EVERY_S = 0.1
+BATCHES_IN_FLIGHT = 3
 # A leader that dies holding a fetched batch delays those reports (and the reconciler's verdicts) this long.
 REPORTS_ACK_WAIT_S = 10.0
 # The pull requests kept in flight: each lasts this long, and says it is alive this often while idle.
@@ -49,8 +50,11 @@ PULL_HEARTBEAT_S = 2.5
 
 class Reports:
     def __init__(self, rt: Runtime, sched: Scheduler, on_stray: Callable[[str, str, str], None],
-                 on_hint: Callable[[list[tuple[str, JobState]]], None]) -> None:
+                 on_hint: Callable[[list[tuple[str, JobState]]], None],
+                 held: Callable[[], str] | None = None) -> None:
         self.rt = rt
+        self.held = held  # the lease as an SQL condition: reports are then written the fast way (apply_known)
+        self._writing: dict[str, asyncio.Event] = {}  # job -> set once the batch writing its reports is done
         self.s = rt.settings
         self.sched = sched
         self.on_stray = on_stray
@@ -88,15 +92,19 @@ class Reports:
         await feed.start()
         log.info("job reports consumer started", extra={"consumer": self.s.job_reports_consumer})
         tracker = asyncio.create_task(self._track_caught_up(), name="job-reports-caught-up")
+        slots = asyncio.Semaphore(BATCHES_IN_FLIGHT)
         applying: asyncio.Task | None = None  # the latest batch being applied
         try:
             while True:
-                # A batch's transaction starts as soon as the previous one holds its row locks (a job in both
-                # then waits for that commit, so reports of one job still apply in order); what arrives meanwhile
-                # is the next batch. Each batch is acked after its own commit.
+                # A batch starts as soon as the previous one holds its jobs (its row locks, or its place in
+                # `_writing`): a job in both then waits for it, so reports of one job still apply in order; what
+                # arrives meanwhile is the next batch. At most BATCHES_IN_FLIGHT at once (each holds a connection).
+                # Each batch is acked after its own commit.
                 msgs = await feed.take(batch)
+                await slots.acquire()
                 locked = asyncio.Event()
                 applying = asyncio.create_task(self._apply(feed, msgs, locked, applying))
+                applying.add_done_callback(lambda _: slots.release())
                 until_locked = asyncio.create_task(locked.wait())
                 await asyncio.wait({applying, until_locked}, return_when=asyncio.FIRST_COMPLETED)
                 until_locked.cancel()
@@ -243,8 +251,38 @@ class Reports:
         # Log lines lock no job row: their foreign key's key-share lock does not conflict with the transitions'
         # (store.lock_jobs), so a batch whose lines belong to a job another batch is moving neither waits for it
         # nor holds it up - consecutive batches (a job's RUNNING, then its first line) used to apply one by one.
-        applied, refused = await self.sched.lifecycle.apply(transitions, fence=self.sched.fence, locked=locked,
-                                                            logs=log_rows)
+        applied: list = []
+        if self.held is None:
+            more, refused = await self.sched.lifecycle.apply(transitions, fence=self.sched.fence, locked=locked,
+                                                             logs=log_rows)
+            applied += more
+        else:
+            # Batches overlap, but a job's reports apply in order: wait for earlier batches still writing this
+            # batch's jobs (rare: a job's next report usually comes after its last one is written), and make later
+            # batches wait for ours.
+            earlier = {self._writing[t.job_id] for t in transitions if t.job_id in self._writing}
+            if earlier:
+                await asyncio.gather(*(e.wait() for e in earlier))
+            done = asyncio.Event()
+            mine = {t.job_id for t in transitions}
+            for job_id in mine:
+                self._writing[job_id] = done
+            if locked is not None:
+                locked.set()  # (the next batch may start: it waits for our jobs, if it has any)
+            try:
+                # Decided on the leader's copies of the jobs and written in one statement that commits on its own;
+                # what that cannot settle (a job without a copy, or whose row changed, or a refusal on the copy)
+                # goes through the locked transaction, which decides on the row.
+                applied, transitions, stored = await self.sched.lifecycle.apply_known(
+                    transitions, self.sched.active.get, held=self.held, logs=log_rows)
+                more, refused = await self.sched.lifecycle.apply(transitions, fence=self.sched.fence,
+                                                                 logs=[] if stored else log_rows)
+                applied += more
+            finally:
+                done.set()
+                for job_id in mine:
+                    if self._writing.get(job_id) is done:
+                        del self._writing[job_id]
         for msg in msgs:
             try:
                 await msg.ack()

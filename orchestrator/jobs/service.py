@@ -58,7 +58,7 @@ class JobService:
         self.sched = Scheduler(rt, self.lifecycle, self.metrics, self.placement, fence=self.lease.fence)
         self.admission.planner = self.sched  # on the leader, jobs that can start now are placed as they are stored
         self.reports = Reports(rt, self.sched, on_stray=lambda *a: self.reconciler.cancel_stray(*a),
-                               on_hint=self._hints)
+                               on_hint=self._hints, held=self.lease.held_condition)
         self.reconciler = Reconciler(rt, self.sched, caught_up=lambda: self.reports.caught_up_at,
                                      progress=self.reports.progress)
 

@@ -73,19 +73,53 @@ WHERE j.id = u.id
 UPDATE_JOBS = f"WITH changed AS ({_UPDATE})" + _insert_events(18)
 
 
-def _insert_logs(first: int) -> str:
+def _insert_logs(first: int, only_if: str = "TRUE") -> str:
     """Store log lines of known jobs (row i of each array is one); a redelivered line (same job, attempt, seq) is
-    stored once. Parameters $first.. on."""
+    stored once. Parameters $first.. on; `only_if`, a condition for storing any."""
     p = [f"${i}" for i in range(first, first + len(LOG_COLUMNS))]
     return (f"INSERT INTO job_logs (job_id, attempt, seq, stream, line, time) SELECT u.* FROM unnest({p[0]}::text[], "
             f"{p[1]}::int[], {p[2]}::int[], {p[3]}::text[], {p[4]}::text[], {p[5]}::timestamptz[]) "
             "AS u(job_id, attempt, seq, stream, line, time) WHERE EXISTS (SELECT 1 FROM jobs j WHERE j.id = u.job_id) "
-            "ON CONFLICT DO NOTHING")
+            f"AND {only_if} ON CONFLICT DO NOTHING")
 
 
 INSERT_LOGS = _insert_logs(1)
 # A report batch's transitions and its log lines, in one statement (one round trip, not two).
 UPDATE_JOBS_AND_LOGS = f"WITH changed AS ({_UPDATE}), logged AS ({_insert_logs(27)})" + _insert_events(18)
+
+# Transitions decided on the scheduler leader's copies of the jobs, written in ONE statement that is its own
+# transaction (one round trip, commit included): a job's row is updated only if it is still what the copy says
+# (state, attempt, since when, cancel request), and only when the lease `fence` condition holds; its events go in
+# only if it was updated. Returns whether the fence held and the ids updated.
+def _update_if_unchanged(fence: str) -> str:
+    return f"""
+WITH fence AS (SELECT ({fence}) AS held),
+changed AS (
+UPDATE jobs AS j SET state = u.state, attempt = u.attempt, lost_count = u.lost_count, node = u.node,
+    assignment = u.assignment::jsonb, placement = u.placement::jsonb, exit_code = u.exit_code,
+    result = u.result::jsonb, error = u.error, reason = u.reason, pid = u.pid,
+    cancel_requested_at = u.cancel_requested_at, scheduled_at = u.scheduled_at, started_at = u.started_at,
+    finished_at = u.finished_at, state_since = u.state_since, updated_at = now()
+FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::text[], $6::text[], $7::text[], $8::int[], $9::text[],
+            $10::text[], $11::text[], $12::int[], $13::timestamptz[], $14::timestamptz[], $15::timestamptz[],
+            $16::timestamptz[], $17::timestamptz[], $18::text[], $19::int[], $20::timestamptz[], $21::timestamptz[])
+    AS u(id, state, attempt, lost_count, node, assignment, placement, exit_code, result, error, reason, pid,
+         cancel_requested_at, scheduled_at, started_at, finished_at, state_since, was_state, was_attempt, was_since,
+         was_cancel)
+WHERE j.id = u.id AND (SELECT held FROM fence) AND j.state = u.was_state AND j.attempt = u.was_attempt
+    AND j.state_since IS NOT DISTINCT FROM u.was_since AND j.cancel_requested_at IS NOT DISTINCT FROM u.was_cancel
+RETURNING j.id),
+events AS (
+INSERT INTO job_events (job_id, attempt, from_state, to_state, time, duration_s, source, node, reason)
+SELECT job_id, attempt, from_state, to_state, time, duration_s, source, node, reason
+FROM unnest($22::text[], $23::int[], $24::text[], $25::text[], $26::timestamptz[], $27::float8[], $28::text[],
+            $29::text[], $30::text[]) WITH ORDINALITY
+    AS e(job_id, attempt, from_state, to_state, time, duration_s, source, node, reason, n)
+WHERE job_id IN (SELECT id FROM changed)
+ORDER BY n),
+logged AS ({_insert_logs(31, "(SELECT held FROM fence)")})
+SELECT (SELECT held FROM fence) AS held, ARRAY(SELECT id FROM changed) AS changed"""
+
 
 # What admission decides on, in one round trip: per tenant (unfinished jobs, GPUs they ask for, how many PENDING),
 # and the ids of jobs already submitted with the batch's idempotency keys (a retry: rare, then read whole). First
@@ -127,14 +161,32 @@ async def write_transitions(conn: asyncpg.Connection, applied: Sequence[Applied]
         await conn.execute(UPDATE_JOBS, *jobs, *events)
 
 
+async def write_if_unchanged(conn: asyncpg.Connection, applied: Sequence[Applied], was: dict[str, Job], fence: str,
+                             logs: Sequence[tuple] = ()) -> tuple[bool, set[str]]:
+    """`write_transitions` for transitions decided on copies of the jobs (`was`: each job as the copy had it), as
+    ONE statement outside any transaction (it commits on its own), writing a job only if its row still is what the
+    copy says, and nothing unless `fence` (an SQL condition) holds. Returns (whether it held, the ids written)."""
+    last: dict[str, Job] = {}
+    for a in applied:
+        last[a.job.id] = a.job
+    jobs = [(*j.row_values(), was[j.id].state.value, was[j.id].attempt, was[j.id].state_since,
+             was[j.id].cancel_requested_at) for j in last.values()]
+    row = await conn.fetchrow(_update_if_unchanged(fence), *_columns(jobs, 21),
+                              *_columns([transition_event(a) for a in applied], len(EVENT_COLUMNS)),
+                              *_columns(_log_order(logs), len(LOG_COLUMNS)))
+    return row["held"], set(row["changed"])
+
+
 def _log_order(rows: Sequence[tuple]) -> list[tuple]:
     # In key order: two batches that both carry a redelivered line then wait for each other's row in one order,
     # never in a cycle (a deadlock).
     return sorted(rows, key=lambda r: (r[0], r[1], r[2]))
 
 
-def _columns(rows: list[tuple]) -> list[list]:
-    """Rows (at least one: every caller writes something) to the column arrays the unnest statements take."""
+def _columns(rows: list[tuple], width: int = 0) -> list[list]:
+    """Rows to the column arrays the unnest statements take; `width` columns of none when there are no rows."""
+    if not rows:
+        return [[] for _ in range(width)]
     return [list(c) for c in zip(*rows, strict=True)]
 
 
