@@ -19,9 +19,9 @@ EVENT_COLUMNS = ("job_id", "attempt", "from_state", "to_state", "time", "duratio
 LOG_COLUMNS = ("job_id", "attempt", "seq", "stream", "line", "time")
 
 
-def _insert_events(first: int) -> str:
+def _insert_events(first: int, only_if: str = "TRUE") -> str:
     """Append events (row i of each array is one), in the order given: their ids are a job's history's order.
-    Parameters $first.. on, after those of the statement it ends."""
+    Parameters $first.. on, after those of the statement it ends; `only_if`, a condition on each."""
     p = [f"${i}" for i in range(first, first + len(EVENT_COLUMNS))]
     return f"""
 INSERT INTO job_events (job_id, attempt, from_state, to_state, time, duration_s, source, node, reason)
@@ -29,6 +29,7 @@ SELECT job_id, attempt, from_state, to_state, time, duration_s, source, node, re
 FROM unnest({p[0]}::text[], {p[1]}::int[], {p[2]}::text[], {p[3]}::text[], {p[4]}::timestamptz[], {p[5]}::float8[],
             {p[6]}::text[], {p[7]}::text[], {p[8]}::text[]) WITH ORDINALITY
     AS e(job_id, attempt, from_state, to_state, time, duration_s, source, node, reason, n)
+WHERE {only_if}
 ORDER BY n
 """
 
@@ -57,17 +58,20 @@ INSERT_JOBS = _INSERT_JOBS + _insert_events(30)
 # events: a burst of reports or placements updates hundreds of rows, and one statement costs the server one plan
 # and one pass, where a batch of single-row UPDATEs costs it hundreds - and the transaction one round trip, where
 # an UPDATE and a COPY cost three. JSON columns travel as text and are cast here.
-_UPDATE = """
-UPDATE jobs AS j SET state = u.state, attempt = u.attempt, lost_count = u.lost_count, node = u.node,
+_JOB_SET = """state = u.state, attempt = u.attempt, lost_count = u.lost_count, node = u.node,
     assignment = u.assignment::jsonb, placement = u.placement::jsonb, exit_code = u.exit_code,
     result = u.result::jsonb, error = u.error, reason = u.reason, pid = u.pid,
     cancel_requested_at = u.cancel_requested_at, scheduled_at = u.scheduled_at, started_at = u.started_at,
-    finished_at = u.finished_at, state_since = u.state_since, updated_at = now()
-FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::text[], $6::text[], $7::text[], $8::int[], $9::text[],
+    finished_at = u.finished_at, state_since = u.state_since, updated_at = now()"""
+_JOB_ARRAYS = """$1::text[], $2::text[], $3::int[], $4::int[], $5::text[], $6::text[], $7::text[], $8::int[], $9::text[],
             $10::text[], $11::text[], $12::int[], $13::timestamptz[], $14::timestamptz[], $15::timestamptz[],
-            $16::timestamptz[], $17::timestamptz[])
-    AS u(id, state, attempt, lost_count, node, assignment, placement, exit_code, result, error, reason, pid,
-         cancel_requested_at, scheduled_at, started_at, finished_at, state_since)
+            $16::timestamptz[], $17::timestamptz[]"""
+_JOB_NAMES = """id, state, attempt, lost_count, node, assignment, placement, exit_code, result, error, reason, pid,
+         cancel_requested_at, scheduled_at, started_at, finished_at, state_since"""
+_UPDATE = f"""
+UPDATE jobs AS j SET {_JOB_SET}
+FROM unnest({_JOB_ARRAYS})
+    AS u({_JOB_NAMES})
 WHERE j.id = u.id
 """
 UPDATE_JOBS = f"WITH changed AS ({_UPDATE})" + _insert_events(18)
@@ -95,28 +99,13 @@ def _update_if_unchanged(fence: str) -> str:
     return f"""
 WITH fence AS (SELECT ({fence}) AS held),
 changed AS (
-UPDATE jobs AS j SET state = u.state, attempt = u.attempt, lost_count = u.lost_count, node = u.node,
-    assignment = u.assignment::jsonb, placement = u.placement::jsonb, exit_code = u.exit_code,
-    result = u.result::jsonb, error = u.error, reason = u.reason, pid = u.pid,
-    cancel_requested_at = u.cancel_requested_at, scheduled_at = u.scheduled_at, started_at = u.started_at,
-    finished_at = u.finished_at, state_since = u.state_since, updated_at = now()
-FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::text[], $6::text[], $7::text[], $8::int[], $9::text[],
-            $10::text[], $11::text[], $12::int[], $13::timestamptz[], $14::timestamptz[], $15::timestamptz[],
-            $16::timestamptz[], $17::timestamptz[], $18::text[], $19::int[], $20::timestamptz[], $21::timestamptz[])
-    AS u(id, state, attempt, lost_count, node, assignment, placement, exit_code, result, error, reason, pid,
-         cancel_requested_at, scheduled_at, started_at, finished_at, state_since, was_state, was_attempt, was_since,
-         was_cancel)
+UPDATE jobs AS j SET {_JOB_SET}
+FROM unnest({_JOB_ARRAYS}, $18::text[], $19::int[], $20::timestamptz[], $21::timestamptz[])
+    AS u({_JOB_NAMES}, was_state, was_attempt, was_since, was_cancel)
 WHERE j.id = u.id AND (SELECT held FROM fence) AND j.state = u.was_state AND j.attempt = u.was_attempt
     AND j.state_since IS NOT DISTINCT FROM u.was_since AND j.cancel_requested_at IS NOT DISTINCT FROM u.was_cancel
 RETURNING j.id),
-events AS (
-INSERT INTO job_events (job_id, attempt, from_state, to_state, time, duration_s, source, node, reason)
-SELECT job_id, attempt, from_state, to_state, time, duration_s, source, node, reason
-FROM unnest($22::text[], $23::int[], $24::text[], $25::text[], $26::timestamptz[], $27::float8[], $28::text[],
-            $29::text[], $30::text[]) WITH ORDINALITY
-    AS e(job_id, attempt, from_state, to_state, time, duration_s, source, node, reason, n)
-WHERE job_id IN (SELECT id FROM changed)
-ORDER BY n),
+events AS ({_insert_events(22, "job_id IN (SELECT id FROM changed)")}),
 logged AS ({_insert_logs(31, "(SELECT held FROM fence)")})
 SELECT (SELECT held FROM fence) AS held, ARRAY(SELECT id FROM changed) AS changed"""
 

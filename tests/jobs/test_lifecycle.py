@@ -119,7 +119,9 @@ async def test_node_loss_requeues_elsewhere_then_fails_past_the_retry_limit(http
     async with fake_agent(nc, http, gpus=1, mem_total_mb=16000, behaviour=holding(gate)) as dies, \
             fake_agent(nc, http, gpus=1, mem_total_mb=81559) as survives:
         jid = await submit_when_ready(http, {"name": "lost-once", **CMD})
-        await until(lambda: jid in dies.running, 15, "the job running on the first node")
+        # Its RUNNING report recorded (not only the run accepted: a node that dies before it reports leaves the job
+        # SCHEDULED, and SCHEDULED -> LOST is right then), then the node dies.
+        assert (await wait_state(http, jid, "RUNNING", within=15))["node"] == dies.node
         await dies.stop()  # as a crashed node: no more heartbeats, answers or reports
         done = await wait_state(http, jid, "SUCCEEDED", within=20)
         assert done["node"] == survives.node and done["lost_count"] == 1 and done["attempt"] == 2
