@@ -195,6 +195,17 @@ class Reports:
 
     async def handle(self, msgs, locked: asyncio.Event | None = None) -> None:
         m = self.sched.metrics
+        if self.held is not None:
+            # Batches overlap, but a job's reports apply in order: first wait for earlier batches still writing this
+            # batch's jobs (rare: a job's next report usually comes after its last one is written), so that what
+            # follows reads the copies they leave.
+            earlier = set()
+            for msg in msgs:
+                parts = subjects.job_subject_parts(msg.subject)
+                if parts is not None and parts[0] in self._writing:
+                    earlier.add(self._writing[parts[0]])
+            if earlier:
+                await asyncio.gather(*(e.wait() for e in earlier))
         transitions: list[Transition] = []
         running: set[str] = set()  # jobs whose RUNNING this batch already applies
         log_rows: list[tuple] = []
@@ -257,12 +268,7 @@ class Reports:
                                                              logs=log_rows)
             applied += more
         else:
-            # Batches overlap, but a job's reports apply in order: wait for earlier batches still writing this
-            # batch's jobs (rare: a job's next report usually comes after its last one is written), and make later
-            # batches wait for ours.
-            earlier = {self._writing[t.job_id] for t in transitions if t.job_id in self._writing}
-            if earlier:
-                await asyncio.gather(*(e.wait() for e in earlier))
+            # (Earlier batches writing these jobs are done: see the top.) Later batches wait for ours.
             done = asyncio.Event()
             mine = {t.job_id for t in transitions}
             for job_id in mine:

@@ -17,15 +17,18 @@ from orchestrator.jobs.leader import NotLeader
 from orchestrator.jobs.lifecycle import Lifecycle
 from orchestrator.jobs.metrics import JobMetrics
 from orchestrator.jobs.model import Job, new_job_id
+from orchestrator.jobs.reports import Reports
 from orchestrator.jobs.states import Transition, advance
 from orchestrator.migrate import apply_migrations
-from services.schemas import JobSpec, JobState
+from services import subjects
+from services.schemas import JobSpec, JobState, JobStateEvent
+from tests.support.waiting import until
 
 HELD = "TRUE"
 
 
-async def _setup(database_url: str, n: int) -> tuple[asyncpg.Pool, Lifecycle, dict[str, Job]]:
-    """`n` jobs RUNNING on node n1, stored, and the leader's copies of them."""
+async def _setup(database_url: str, n: int, running: bool = True) -> tuple[asyncpg.Pool, Lifecycle, dict[str, Job]]:
+    """`n` jobs RUNNING (or SCHEDULED) on node n1, stored, and the leader's copies of them."""
     await apply_migrations(database_url)
     pool = await asyncpg.create_pool(database_url, min_size=0, max_size=2, reset=db.keep_session)
     ready = asyncio.Event()
@@ -37,11 +40,12 @@ async def _setup(database_url: str, n: int) -> tuple[asyncpg.Pool, Lifecycle, di
     jobs = [Job.from_spec(new_job_id(), JobSpec(name=f"j{i}", command=["true"]), "t", "test", now) for i in range(n)]
     placed = [advance(j, Transition(j.id, JobState.SCHEDULED, assign_node="n1",
                                     assignment=[{"uuid": f"G{i}", "index": i}])) for i, j in enumerate(jobs)]
-    running = [advance(a.job, Transition(a.job.id, JobState.RUNNING, source="agent", node="n1", attempt=1))
-               for a in placed]
+    if running:
+        placed = [advance(a.job, Transition(a.job.id, JobState.RUNNING, source="agent", node="n1", attempt=1))
+                  for a in placed]
     async with pool.acquire() as conn:
-        await store.insert_jobs(conn, [a.job for a in running], [])
-    return pool, lifecycle, {a.job.id: a.job for a in running}
+        await store.insert_jobs(conn, [a.job for a in placed], [])
+    return pool, lifecycle, {a.job.id: a.job for a in placed}
 
 
 def _done(job: Job, state: JobState = JobState.SUCCEEDED) -> Transition:
@@ -93,5 +97,56 @@ async def test_nothing_is_written_without_the_lease(database_url):
         with pytest.raises(NotLeader):
             await lifecycle.apply_known([_done(job)], copies.get, held=known_lost)
         assert await pool.fetchval("SELECT state FROM jobs WHERE id = $1", job.id) == "RUNNING"
+    finally:
+        await pool.close()
+
+
+class _Msg:
+    def __init__(self, job: Job, state: JobState, prev: JobState) -> None:
+        self.subject = subjects.job_report(job.id, "n1")
+        self.data = JobStateEvent(job_id=job.id, state=state, prev_state=prev, time=datetime.now(UTC), source="agent",
+                                  node="n1", attempt=1, exit_code=0 if state == JobState.SUCCEEDED else None,
+                                  duration_s=0.01).to_bytes()
+        self.acked = False
+
+    async def ack(self) -> None:
+        self.acked = True
+
+
+async def test_overlapping_batches_apply_a_jobs_reports_in_order(database_url):
+    """A job's RUNNING is being written (held up by a row lock) when the batch with its SUCCEEDED comes: that batch
+    waits, then reads the copy the first one left - no RUNNING inferred from the final report, nothing refused."""
+    pool, lifecycle, copies = await _setup(database_url, 1, running=False)
+    registry = CollectorRegistry()
+    lifecycle.metrics = JobMetrics(registry)
+    lifecycle.listeners.append(lambda applied: copies.update({a.job.id: a.job for a in applied}))
+    sched = SimpleNamespace(active=copies, lifecycle=lifecycle, fence=lambda: "SELECT 1", metrics=lifecycle.metrics)
+    reports = Reports(lifecycle.rt, sched, on_stray=lambda *a: None, on_hint=lambda hints: None, held=lambda: HELD)
+    (job,) = copies.values()
+    blocker = await asyncpg.connect(database_url)
+    try:
+        hold = blocker.transaction()
+        await hold.start()
+        await blocker.execute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", job.id)
+        first = asyncio.create_task(reports.handle([_Msg(job, JobState.RUNNING, JobState.SCHEDULED)]))
+
+        async def first_waits_on_the_row() -> bool:
+            return await pool.fetchval("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                       "AND datname = current_database()") == 1
+        await until(first_waits_on_the_row, 10, "the RUNNING write held up by the row lock")
+        second = asyncio.create_task(reports.handle([_Msg(job, JobState.SUCCEEDED, JobState.RUNNING)]))
+        await asyncio.sleep(0)  # (a yield, not a wait: the second batch runs up to its first suspension point)
+        await hold.commit()
+        await asyncio.gather(first, second)
+    finally:
+        await blocker.close()
+    try:
+        rows = await pool.fetch("SELECT from_state, to_state, reason FROM job_events WHERE job_id = $1 ORDER BY id",
+                                job.id)
+        assert [(r["from_state"], r["to_state"], r["reason"]) for r in rows][-2:] == [
+            ("SCHEDULED", "RUNNING", None), ("RUNNING", "SUCCEEDED", None)]
+        refused = sum(s.value for m in registry.collect() if m.name == "aether_job_reports_refused"
+                      for s in m.samples if s.name.endswith("_total"))
+        assert refused == 0
     finally:
         await pool.close()
