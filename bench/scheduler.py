@@ -22,6 +22,10 @@ Three phases:
    most it places per second; its latency includes waiting for a saturated server (by Little's law, clients /
    throughput per POST), which is why it is not the issue's latency figure. `--rate 0` makes phase 2 this closed
    loop instead (and skips phase 3).
+Where phase 2's time goes: submit -> SCHEDULED (admission, placement and their commit), SCHEDULED -> the agent's
+RUNNING report (dispatch and the agent starting the job, by the agent's clock on the same host), and that report ->
+its commit (JetStream, the reports consumer, its write): keys `submit_to_scheduled_*`, `scheduled_to_agent_running_*`
+and `agent_running_to_recorded_*`.
 The orchestrator's CPU per job in phase 2 (net of what 100 idle nodes cost it: heartbeats, telemetry ingest,
 alerts) is reported, since every process of the benchmark shares the host.
 

@@ -13,6 +13,7 @@ breaker), so an AI core that is down costs the scheduler no timeouts; one probe 
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -52,6 +53,7 @@ _PLACEMENT_TYPES = ("text", "timestamptz", "text", "text", "text", "text", "text
                     "text", "text", "float8", "text", "text")
 
 
+@functools.lru_cache(maxsize=8)
 def insert_sql(first: int) -> str:
     """Store decisions (row i of each array of `columns` is one), in their order, in one statement; parameters
     $first.. on, after those of the statement it joins (admission stores them with its jobs: one round trip less

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -95,6 +96,7 @@ UPDATE_JOBS_AND_LOGS = f"WITH changed AS ({_UPDATE}), logged AS ({_insert_logs(2
 # transaction (one round trip, commit included): a job's row is updated only if it is still what the copy says
 # (state, attempt, since when, cancel request), and only when the lease `fence` condition holds; its events go in
 # only if it was updated. Returns whether the fence held and the ids updated.
+@functools.lru_cache(maxsize=4)  # (the fence is the same while the lease is held)
 def _update_if_unchanged(fence: str) -> str:
     return f"""
 WITH fence AS (SELECT ({fence}) AS held),
@@ -207,7 +209,12 @@ async def insert_jobs(conn: asyncpg.Connection, jobs: Sequence[Job], placed: Seq
         await conn.execute(INSERT_JOBS, *args)
         return
     sql, more = also
-    await conn.execute(f"{_INSERT_JOBS}, also_rows AS ({sql(len(args) + 1)}){_insert_events(30)}", *args, *more)
+    await conn.execute(_insert_jobs_and(sql, len(args) + 1), *args, *more)
+
+
+@functools.lru_cache(maxsize=4)
+def _insert_jobs_and(sql: Callable[[int], str], first: int) -> str:
+    return f"{_INSERT_JOBS}, also_rows AS ({sql(first)}){_insert_events(30)}"
 
 
 async def get_job(conn: asyncpg.Connection | asyncpg.Pool, job_id: str) -> Job | None:
