@@ -100,7 +100,6 @@ class OrchestratorSettings(AetherSettings):
                                               description="GPUs offered to placement per job (pre-ranked)")
     job_reports_consumer: str = "aether-job-reports"
     job_reports_batch: int = Field(256, ge=1, le=10000)
-    job_reports_fetch_s: float = Field(0.005, gt=0, le=5, description="how long to gather a batch")
     job_stream_max_age_s: float = Field(7 * 24 * 3600.0, gt=0)
     job_log_max_lines: int = Field(100_000, ge=100, description="stored lines per job attempt")
     job_leader_check_s: float = Field(1.0, gt=0, le=60)

@@ -4,6 +4,7 @@ lean transactions of the hot loops (admission batches, scheduler commits, report
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -43,9 +44,30 @@ async def connection(rt: Runtime, *, transaction: bool = False, timeout_s: float
 
 
 async def keep_session(conn: asyncpg.Connection) -> None:
-    """The transaction pool's reset: nothing to undo. Its connections only ever run `transaction` below, which
-    leaves no session state behind (no LISTEN, session lock or setting), so asyncpg's reset query - one more round
+    """The transaction pool's reset: nothing to undo. Its connections only ever run `alone` and `transaction` below,
+    which leave no session state behind (no LISTEN, session lock or setting), so asyncpg's reset query - one more round
     trip per transaction - would reset nothing. (asyncpg still rolls back a transaction left open.)"""
+
+
+@asynccontextmanager
+async def alone(rt: Runtime, *, timeout_s: float = 15.0) -> AsyncIterator[asyncpg.Connection]:
+    """A connection of the transaction pool (no reset round trip on release), for `transaction` below or for
+    statements that are each their own transaction (each commits as it returns: one round trip in all). One
+    interrupted mid-statement is closed, never reused. Raises DatabaseUnavailable instead of hanging."""
+    pool = rt.tx_pool or rt.pool
+    async with _typed_errors(rt), asyncio.timeout(timeout_s):
+        conn = await pool.acquire()
+        try:
+            yield conn
+        except BaseException as exc:
+            if not isinstance(exc, Exception):
+                # (A connection `transaction` already closed has been detached by the pool: nothing to do.)
+                with contextlib.suppress(asyncpg.InterfaceError):
+                    if not conn.is_closed():
+                        conn.terminate()
+            raise
+        finally:
+            await pool.release(conn)
 
 
 @asynccontextmanager
@@ -55,9 +77,7 @@ async def transaction(rt: Runtime, *, first: str | None = None, timeout_s: float
     release), with BEGIN sent together with `first` (a statement without parameters, such as a lock or a fence),
     and COMMIT. Under load each round trip waits its turn on a busy event loop and a busy database, so the number
     of them, not the work, sets how long a batch takes. Raises DatabaseUnavailable instead of hanging."""
-    pool = rt.tx_pool or rt.pool
-    async with _typed_errors(rt), asyncio.timeout(timeout_s):
-        conn = await pool.acquire()
+    async with alone(rt, timeout_s=timeout_s) as conn:
         try:
             await conn.execute(f"BEGIN; {first}" if first else "BEGIN")
             yield conn
@@ -65,8 +85,6 @@ async def transaction(rt: Runtime, *, first: str | None = None, timeout_s: float
         except BaseException as exc:
             await _abandon(conn, interrupted=not isinstance(exc, Exception))
             raise
-        finally:
-            await pool.release(conn)
 
 
 async def _abandon(conn: asyncpg.Connection, *, interrupted: bool) -> None:
@@ -84,21 +102,3 @@ async def _abandon(conn: asyncpg.Connection, *, interrupted: bool) -> None:
         except Exception:
             pass
     conn.terminate()
-
-
-@asynccontextmanager
-async def alone(rt: Runtime, *, timeout_s: float = 15.0) -> AsyncIterator[asyncpg.Connection]:
-    """A connection of the transaction pool for statements that are each their own transaction (each commits as it
-    returns: one round trip in all). One interrupted mid-statement is closed, never reused. Raises
-    DatabaseUnavailable instead of hanging."""
-    pool = rt.tx_pool or rt.pool
-    async with _typed_errors(rt), asyncio.timeout(timeout_s):
-        conn = await pool.acquire()
-        try:
-            yield conn
-        except BaseException as exc:
-            if not isinstance(exc, Exception) and not conn.is_closed():
-                conn.terminate()
-            raise
-        finally:
-            await pool.release(conn)

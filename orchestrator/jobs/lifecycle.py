@@ -3,7 +3,6 @@ transaction, then log, publish on NATS, push to live clients and tell the schedu
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
@@ -46,27 +45,21 @@ class Lifecycle:
 
     async def apply(self, transitions: Sequence[Transition], *,
                     extra: Callable[[asyncpg.Connection, list[Applied]], Awaitable[None]] | None = None,
-                    fence: Callable[[], str] | None = None,
-                    locked: asyncio.Event | None = None, logs: Sequence[tuple] = (),
+                    fence: Callable[[], str] | None = None, logs: Sequence[tuple] = (),
                     ) -> tuple[list[Applied], list[tuple[Transition, Refused]]]:
         """Apply in order (several for one job are fine); returns what applied and what was refused, and why.
 
         `logs`: log lines (store.insert_logs rows) to store in the same transaction, in the transitions' statement.
-        `locked` is set once this transaction holds every row lock it will take (`extra` and `logs` write only rows
-        that reference jobs, which need none: store.lock_jobs): a transaction started after that and touching
-        the same jobs waits for this one's commit, so the two apply in order. `fence` (the scheduler lease's) gives
-        the statement that proves, inside the transaction, that this replica still leads; NotLeader if not."""
+        The job rows are locked (store.lock_jobs): a transaction touching the same jobs waits for this one's commit,
+        so the two apply in order. `fence` (the scheduler lease's) gives the statement that proves, inside the
+        transaction, that this replica still leads; NotLeader if not."""
         applied: list[Applied] = []
         refused: list[tuple[Transition, Refused]] = []
         if not transitions and extra is None and not logs:
-            if locked is not None:
-                locked.set()
             return applied, refused
         try:
             async with db.transaction(self.rt, first=fence() if fence is not None else None) as conn:
                 jobs = await store.lock_jobs(conn, [t.job_id for t in transitions]) if transitions else {}
-                if locked is not None:
-                    locked.set()
                 for t in transitions:
                     job = jobs.get(t.job_id)
                     if job is None:

@@ -50,10 +50,9 @@ PULL_HEARTBEAT_S = 2.5
 
 class Reports:
     def __init__(self, rt: Runtime, sched: Scheduler, on_stray: Callable[[str, str, str], None],
-                 on_hint: Callable[[list[tuple[str, JobState]]], None],
-                 held: Callable[[], str] | None = None) -> None:
+                 on_hint: Callable[[list[tuple[str, JobState]]], None], held: Callable[[], str]) -> None:
         self.rt = rt
-        self.held = held  # the lease as an SQL condition: reports are then written the fast way (apply_known)
+        self.held = held  # the lease as an SQL condition, for the one-statement writes (Lifecycle.apply_known)
         self._writing: dict[str, asyncio.Event] = {}  # job -> set once the batch writing its reports is done
         self.s = rt.settings
         self.sched = sched
@@ -96,9 +95,8 @@ class Reports:
         applying: asyncio.Task | None = None  # the latest batch being applied
         try:
             while True:
-                # A batch starts as soon as the previous one holds its jobs (its row locks, or its place in
-                # `_writing`): a job in both then waits for it, so reports of one job still apply in order; what
-                # arrives meanwhile is the next batch. At most BATCHES_IN_FLIGHT at once (each holds a connection).
+                # A batch starts as soon as the previous one holds its jobs (in `_writing`): a job in both then
+                # waits for it, so reports of one job still apply in order; what arrives meanwhile is the next batch. At most BATCHES_IN_FLIGHT at once (each holds a connection).
                 # Each batch is acked after its own commit.
                 msgs = await feed.take(batch)
                 await slots.acquire()
@@ -148,12 +146,12 @@ class Reports:
                 info = None
             if info is not None:
                 self.checks += 1
-                delivered = info.delivered.stream_seq if info.delivered is not None else 0
-                floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
+                delivered = (info.delivered.stream_seq if info.delivered is not None else None) or 0
+                floor = (info.ack_floor.stream_seq if info.ack_floor is not None else None) or 0
                 if not info.num_pending:
-                    waiting.append((asked, delivered or 0))
+                    waiting.append((asked, delivered))
                 caught_up = None
-                while waiting and waiting[0][1] <= (floor or 0):
+                while waiting and waiting[0][1] <= floor:
                     caught_up = waiting.popleft()[0]
                 if caught_up is not None:
                     self.caught_up_at = caught_up
@@ -195,17 +193,16 @@ class Reports:
 
     async def handle(self, msgs, locked: asyncio.Event | None = None) -> None:
         m = self.sched.metrics
-        if self.held is not None:
-            # Batches overlap, but a job's reports apply in order: first wait for earlier batches still writing this
-            # batch's jobs (rare: a job's next report usually comes after its last one is written), so that what
-            # follows reads the copies they leave.
-            earlier = set()
-            for msg in msgs:
-                parts = subjects.job_subject_parts(msg.subject)
-                if parts is not None and parts[0] in self._writing:
-                    earlier.add(self._writing[parts[0]])
-            if earlier:
-                await asyncio.gather(*(e.wait() for e in earlier))
+        # Batches overlap, but a job's reports apply in order: first wait for earlier batches still writing this
+        # batch's jobs (rare: a job's next report usually comes after its last one is written), so that what follows
+        # reads the copies they leave.
+        earlier = set()
+        for msg in msgs:
+            parts = subjects.job_subject_parts(msg.subject)
+            if parts is not None and parts[0] in self._writing:
+                earlier.add(self._writing[parts[0]])
+        if earlier:
+            await asyncio.gather(*(e.wait() for e in earlier))
         transitions: list[Transition] = []
         running: set[str] = set()  # jobs whose RUNNING this batch already applies
         log_rows: list[tuple] = []
@@ -259,36 +256,27 @@ class Reports:
                                                                           "error": exc.message})
                 await dead_letter(self.rt.nc, "jobs", msg.subject, msg.data, exc.message)
 
-        # Log lines lock no job row: their foreign key's key-share lock does not conflict with the transitions'
-        # (store.lock_jobs), so a batch whose lines belong to a job another batch is moving neither waits for it
-        # nor holds it up - consecutive batches (a job's RUNNING, then its first line) used to apply one by one.
-        applied: list = []
-        if self.held is None:
-            more, refused = await self.sched.lifecycle.apply(transitions, fence=self.sched.fence, locked=locked,
-                                                             logs=log_rows)
+        # (Earlier batches writing these jobs are done: see the top.) Later batches wait for ours.
+        done = asyncio.Event()
+        mine = {t.job_id for t in transitions}
+        for job_id in mine:
+            self._writing[job_id] = done
+        if locked is not None:
+            locked.set()  # (the next batch may start: it waits for our jobs, if it has any)
+        try:
+            # Decided on the leader's copies of the jobs and written in one statement that commits on its own; what
+            # that cannot settle (a job without a copy, or whose row changed, or a refusal on the copy) goes through
+            # the locked transaction, which decides on the row. Log lines go with whichever runs first.
+            applied, transitions, stored = await self.sched.lifecycle.apply_known(
+                transitions, self.sched.active.get, held=self.held, logs=log_rows)
+            more, refused = await self.sched.lifecycle.apply(transitions, fence=self.sched.fence,
+                                                             logs=[] if stored else log_rows)
             applied += more
-        else:
-            # (Earlier batches writing these jobs are done: see the top.) Later batches wait for ours.
-            done = asyncio.Event()
-            mine = {t.job_id for t in transitions}
+        finally:
+            done.set()
             for job_id in mine:
-                self._writing[job_id] = done
-            if locked is not None:
-                locked.set()  # (the next batch may start: it waits for our jobs, if it has any)
-            try:
-                # Decided on the leader's copies of the jobs and written in one statement that commits on its own;
-                # what that cannot settle (a job without a copy, or whose row changed, or a refusal on the copy)
-                # goes through the locked transaction, which decides on the row.
-                applied, transitions, stored = await self.sched.lifecycle.apply_known(
-                    transitions, self.sched.active.get, held=self.held, logs=log_rows)
-                more, refused = await self.sched.lifecycle.apply(transitions, fence=self.sched.fence,
-                                                                 logs=[] if stored else log_rows)
-                applied += more
-            finally:
-                done.set()
-                for job_id in mine:
-                    if self._writing.get(job_id) is done:
-                        del self._writing[job_id]
+                if self._writing.get(job_id) is done:
+                    del self._writing[job_id]
         for msg in msgs:
             try:
                 await msg.ack()

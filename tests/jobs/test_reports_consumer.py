@@ -26,7 +26,7 @@ def _reports(nc) -> Reports:
     settings = SimpleNamespace(job_reports_consumer=CONSUMER, job_reports_batch=64, job_stream_max_age_s=3600,
                                stream_replicas=1)
     return Reports(SimpleNamespace(settings=settings, nc=nc, js=nc.jetstream()), sched=None,
-                   on_stray=lambda *a: None, on_hint=lambda hints: None)
+                   on_stray=lambda *a: None, on_hint=lambda hints: None, held=lambda: "TRUE")
 
 
 async def test_an_older_stream_and_consumer_get_todays_subjects_and_keep_their_acknowledgements(nats_server):
